@@ -1,0 +1,1 @@
+"""Game data: splits built from a task, tokenised batches, and the DataModule both players share."""

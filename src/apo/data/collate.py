@@ -1,0 +1,115 @@
+"""Tokenised items and the collators that pad them into `[B, k, T]` listwise batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+
+class ListDataset(Dataset):
+    """A map-style dataset over an in-memory list."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.items[i]
+
+
+class Encoder:
+    """Turns prompt and response texts into token ids: `[bos] prompt` and `response [eos]`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_prompt_len: int, max_len: int) -> None:
+        self.tok = tokenizer
+        self.max_prompt_len, self.max_len = max_prompt_len, max_len
+        for name in ("pad_token_id", "eos_token_id"):
+            if getattr(tokenizer, name) is None:
+                raise ValueError(f"the tokenizer has no {name[:-3]} token; set one in its config")
+
+    def prompt(self, text: str) -> list[int]:
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+        # Left truncation keeps the end of the prompt, where the question is.
+        return bos + ids[-(self.max_prompt_len - len(bos)) :]
+
+    def response(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+
+    def sequence(self, prompt_ids: list[int], response_ids: list[int]) -> list[int]:
+        return (prompt_ids + response_ids)[: self.max_len]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+def pad_2d(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad ragged rows into `(ids, attention_mask)`; left padding for generation prompts."""
+    width = max((len(r) for r in rows), default=1) or 1
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if not r:
+            continue
+        sl = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, sl] = torch.tensor(r, dtype=torch.long)
+        att[i, sl] = 1
+    return ids, att
+
+
+class PromptCollator:
+    """Items `{"index", "prompt_ids"}` -> left-padded prompts for generation."""
+
+    def __init__(self, pad_id: int, num_samples: int = 1, op: str = "generate") -> None:
+        self.pad_id, self.num_samples, self.op = pad_id, num_samples, op
+
+    def __call__(self, items: list[dict]) -> dict:
+        ids, att = pad_2d([it["prompt_ids"] for it in items], self.pad_id, left=True)
+        return {"op": self.op, "num_samples": self.num_samples,
+                "index": torch.tensor([it["index"] for it in items]),
+                "input_ids": ids, "attention_mask": att}
+
+
+class ListwiseCollator:
+    """Items `{"index", "prompt_len", "seqs": [k lists], "scores": [k], "ref_logps"?: [k]}` ->
+
+    `input_ids, attention_mask, loss_mask [B, k, T]` (loss_mask marks response tokens),
+    `scores, mask [B, k]`, `ref_logps [B, k]` when the items carry them. Items with fewer than
+    `k_max` sequences are padded with masked-out empty rows.
+    """
+
+    def __init__(self, pad_id: int, op: str = "train") -> None:
+        self.pad_id, self.op = pad_id, op
+
+    def __call__(self, items: list[dict]) -> dict:
+        k = max(len(it["seqs"]) for it in items)
+        width = max(len(s) for it in items for s in it["seqs"])
+        B = len(items)
+        ids = torch.full((B, k, width), self.pad_id, dtype=torch.long)
+        att = torch.zeros((B, k, width), dtype=torch.long)
+        loss_mask = torch.zeros((B, k, width), dtype=torch.long)
+        scores = torch.zeros((B, k), dtype=torch.float32)
+        mask = torch.zeros((B, k), dtype=torch.bool)
+        has_ref = all("ref_logps" in it for it in items)
+        ref = torch.zeros((B, k), dtype=torch.float32)
+        for b, it in enumerate(items):
+            for j, seq in enumerate(it["seqs"]):
+                n = len(seq)
+                ids[b, j, :n] = torch.tensor(seq, dtype=torch.long)
+                att[b, j, :n] = 1
+                loss_mask[b, j, it["prompt_len"] : n] = 1
+                mask[b, j] = True
+            scores[b, : len(it["scores"])] = torch.tensor(it["scores"], dtype=torch.float32)
+            if has_ref:
+                ref[b, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
+        out = {"op": self.op, "index": torch.tensor([it["index"] for it in items]),
+               "input_ids": ids, "attention_mask": att, "loss_mask": loss_mask,
+               "scores": scores, "mask": mask}
+        if has_ref:
+            out["ref_logps"] = ref
+        return out

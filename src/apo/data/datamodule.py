@@ -1,0 +1,175 @@
+"""The DataModule both players share: fixed data, plus the policy's samples, regenerated each round."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from apo.data.collate import Encoder, ListDataset, ListwiseCollator, PromptCollator
+from apo.data.game_data import GameData, ListwiseItem
+from apo.distributed import predict_gathered
+
+PHASES = ("sft", "rm", "policy")
+
+
+class GameDataModule(L.LightningDataModule):
+    """Serves the warm start (`sft`), the RM step (`rm`) and the policy step (`policy`).
+
+    Set `phase` before each `fit`. `regenerate` replaces last round's samples with K fresh ones
+    per prompt of the RM and policy splits, generated through a Trainer (sharded over ranks and
+    gathered, so every rank holds the same samples); `score` attaches RM scores to them.
+
+    Args:
+        data: the game's fixed data.
+        tokenizer: shared by both players.
+        batch_size: per-phase batch sizes, keys `sft`, `rm`, `apo`, `policy`, `predict`.
+        max_prompt_len, max_len: token budgets (prompts are truncated on the left).
+        seed: shuffling seed.
+    """
+
+    def __init__(
+        self,
+        data: GameData,
+        tokenizer: PreTrainedTokenizerBase,
+        batch_size: dict[str, int],
+        max_prompt_len: int = 64,
+        max_len: int = 128,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.data, self.tokenizer = data, tokenizer
+        self.enc = Encoder(tokenizer, max_prompt_len, max_len)
+        self.batch_size = dict(batch_size)
+        self.seed, self.num_workers = seed, num_workers
+        self.phase = "sft"
+        self.use_apo = False
+        self.policy_select = "best"
+        self.policy_ref_logps: list[list[float]] | None = None
+        #: split -> one record per prompt: prompt, prompt_ids, responses (ids), texts, rm_scores
+        self.samples: dict[str, list[dict[str, Any]]] = {}
+        self._prompt_ids: dict[str, list[int]] = {}
+
+    # ---- encoding ---------------------------------------------------------------------------
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if prompt not in self._prompt_ids:
+            self._prompt_ids[prompt] = self.enc.prompt(prompt)
+        return self._prompt_ids[prompt]
+
+    def text_item(self, index: int, prompt: str, responses: list[str], scores: list[float]) -> dict:
+        p = self.prompt_ids(prompt)
+        seqs = [self.enc.sequence(p, self.enc.response(r)) for r in responses]
+        return {"index": index, "prompt_len": len(p), "seqs": seqs, "scores": scores}
+
+    def ids_item(self, index: int, prompt: str, responses: list[list[int]], scores: list[float]) -> dict:
+        p = self.prompt_ids(prompt)
+        eos = self.tokenizer.eos_token_id
+        seqs = [self.enc.sequence(p, r + [eos]) for r in responses]
+        return {"index": index, "prompt_len": len(p), "seqs": seqs, "scores": scores}
+
+    def human_items(self, items: list[ListwiseItem]) -> list[dict]:
+        return [self.text_item(i, it.prompt, it.responses, it.scores) for i, it in enumerate(items)]
+
+    # ---- loaders ------------------------------------------------------------------------------
+    def _loader(self, items: list, batch_size: int, collate, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ListDataset(items),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
+
+    def listwise_loader(self, items: list[dict], op: str, batch_size: int | None = None,
+                        shuffle: bool = False) -> DataLoader:
+        bs = batch_size or self.batch_size["predict"]
+        return self._loader(items, bs, ListwiseCollator(self.tokenizer.pad_token_id, op), shuffle)
+
+    def prompt_loader(self, prompts: list[str], k: int) -> DataLoader:
+        items = [{"index": i, "prompt_ids": self.prompt_ids(p)} for i, p in enumerate(prompts)]
+        # Generation batch is counted in sequences, so prompts per batch shrink as K grows.
+        bs = max(1, self.batch_size["predict"] // max(k, 1))
+        return self._loader(items, bs, PromptCollator(self.tokenizer.pad_token_id, num_samples=k), False)
+
+    def train_dataloader(self) -> Any:
+        if self.phase == "sft":
+            items = [self.text_item(i, p, [r], [0.0]) for i, (p, r) in enumerate(self.data.sft)]
+            return self.listwise_loader(items, "train", self.batch_size["sft"], shuffle=True)
+        if self.phase == "rm":
+            loaders = {"human": self.listwise_loader(self.human_items(self.data.human_train), "train",
+                                                     self.batch_size["rm"], shuffle=True)}
+            if self.use_apo:
+                loaders["apo"] = self.listwise_loader(self.apo_items(), "train",
+                                                      self.batch_size["apo"], shuffle=True)
+            return CombinedLoader(loaders, mode="max_size_cycle")
+        if self.phase == "policy":
+            return self.listwise_loader(self.policy_items(), "train", self.batch_size["policy"],
+                                        shuffle=True)
+        raise ValueError(f"GameDataModule.phase must be one of {PHASES}, got {self.phase!r}")
+
+    # ---- the policy's samples ------------------------------------------------------------------
+    def regenerate(self, trainer: L.Trainer, policy: L.LightningModule, k: int) -> None:
+        """Replace the samples of the RM and policy splits with K fresh samples per prompt."""
+        splits = {"rm": self.data.rm_prompts, "policy": self.data.policy_prompts}
+        prompts = [p for ps in splits.values() for p in ps]
+        recs = self.generate(trainer, policy, prompts, k)
+        self.samples, start = {}, 0
+        for split, ps in splits.items():
+            self.samples[split] = recs[start : start + len(ps)]
+            start += len(ps)
+        self.policy_ref_logps = None
+
+    def generate(self, trainer: L.Trainer, policy: L.LightningModule, prompts: list[str],
+                 k: int) -> list[dict[str, Any]]:
+        """K samples per prompt from `policy`: records with prompt, responses (ids) and texts."""
+        recs = predict_gathered(trainer, policy, self.prompt_loader(prompts, k))
+        return [
+            {"prompt": p, "responses": r["responses"],
+             "texts": [self.enc.decode(ids) for ids in r["responses"]]}
+            for p, r in zip(prompts, recs)
+        ]
+
+    def sample_items(self, records: list[dict[str, Any]]) -> list[dict]:
+        """Listwise items over the samples of each record (scores = RM scores when present)."""
+        return [self.ids_item(i, rec["prompt"], rec["responses"],
+                              rec.get("rm_scores", [0.0] * len(rec["responses"])))
+                for i, rec in enumerate(records)]
+
+    def apo_items(self) -> list[dict]:
+        """`[golden, sample_1..K]` per RM-split prompt, scores `[1, 0..0]` (APO Eq. 8 data)."""
+        items = []
+        for i, rec in enumerate(self.samples["rm"]):
+            gold = self.enc.response(self.data.golden[rec["prompt"]])
+            p = self.prompt_ids(rec["prompt"])
+            eos = self.tokenizer.eos_token_id
+            seqs = [self.enc.sequence(p, gold)] + [self.enc.sequence(p, r + [eos]) for r in rec["responses"]]
+            items.append({"index": i, "prompt_len": len(p), "seqs": seqs,
+                          "scores": [1.0] + [0.0] * len(rec["responses"])})
+        return items
+
+    def select_policy_samples(self) -> list[dict[str, Any]]:
+        """Per policy prompt, the samples the objective needs, ordered best first by RM score."""
+        out = []
+        for rec in self.samples["policy"]:
+            order = sorted(range(len(rec["responses"])), key=lambda j: -rec["rm_scores"][j])
+            if self.policy_select == "best":
+                order = order[:1]
+            elif self.policy_select == "best_worst":
+                order = [order[0], order[-1]] if len(order) > 1 else order
+            elif self.policy_select != "all":
+                raise ValueError(f"unknown sample selection {self.policy_select!r}")
+            out.append({"prompt": rec["prompt"], "responses": [rec["responses"][j] for j in order],
+                        "rm_scores": [rec["rm_scores"][j] for j in order]})
+        return out
+
+    def policy_items(self) -> list[dict]:
+        items = self.sample_items(self.select_policy_samples())
+        if self.policy_ref_logps is not None:
+            for it, ref in zip(items, self.policy_ref_logps):
+                it["ref_logps"] = ref
+        return items
+

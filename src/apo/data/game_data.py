@@ -1,0 +1,109 @@
+"""The data one game needs, in one structure, whatever its source (an oracle task or files)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from apo.tasks.base import OracleTask
+
+
+@dataclass
+class ListwiseItem:
+    """A prompt with k responses and their scores; higher score = preferred (ties carry no order)."""
+
+    prompt: str
+    responses: list[str]
+    scores: list[float]
+
+
+@dataclass
+class GameData:
+    """Everything but the policy's own samples.
+
+    `human_*` are the preference data D_P (the RM's anchor); `rm_prompts` with `golden` are the
+    APO split; `policy_prompts` are the prompts the policy is aligned on; `test_prompts` are held
+    out for evaluation only.
+    """
+
+    sft: list[tuple[str, str]]
+    human_train: list[ListwiseItem]
+    human_val: list[ListwiseItem]
+    rm_prompts: list[str]
+    golden: dict[str, str]
+    policy_prompts: list[str]
+    test_prompts: list[str]
+    meta: dict[str, float] = field(default_factory=dict)
+
+
+def _unique_prompts(task: OracleTask, n: int, rng: random.Random) -> list[str]:
+    seen: dict[str, None] = {}
+    tries = 0
+    while len(seen) < n:
+        seen.setdefault(task.sample_prompt(rng), None)
+        tries += 1
+        if tries > 50 * n + 1000:
+            raise ValueError(
+                f"{type(task).__name__}: could only draw {len(seen)} distinct prompts of the {n} "
+                "needed; lower the data sizes or widen the task's prompt space"
+            )
+    return list(seen)
+
+
+def _human_pair(task: OracleTask, prompt: str, rng: random.Random) -> ListwiseItem:
+    # Two responses from the starting distribution: real preference data is collected on the
+    # initial model's outputs, so a fixed RM must extrapolate once the policy improves.
+    a = task.noisy_response(prompt, rng)
+    b = task.noisy_response(prompt, rng)
+    for _ in range(8):
+        if a != b:
+            break
+        b = task.noisy_response(prompt, rng)
+    chosen, rejected = (a, b) if task.annotate(prompt, a, b, rng) else (b, a)
+    return ListwiseItem(prompt, [chosen, rejected], [1.0, 0.0])
+
+
+def build_task_data(
+    task: OracleTask,
+    seed: int,
+    n_sft: int,
+    n_human_train: int,
+    n_human_val: int,
+    n_rm: int,
+    n_policy: int,
+    n_test: int,
+) -> GameData:
+    """Disjoint prompt splits and their data, a pure function of the task and `seed`."""
+    sizes = dict(n_sft=n_sft, n_human_train=n_human_train, n_human_val=n_human_val, n_rm=n_rm,
+                 n_policy=n_policy, n_test=n_test)
+    bad = {k: v for k, v in sizes.items() if v < 0 or (v == 0 and k != "n_sft")}
+    if bad:
+        raise ValueError(f"build_task_data: split sizes must be positive, got {bad}")
+    rng = random.Random(seed)
+    prompts = _unique_prompts(task, sum(sizes.values()), rng)
+    cuts, start = {}, 0
+    for k, v in sizes.items():
+        cuts[k] = prompts[start : start + v]
+        start += v
+    sft = [(p, task.demonstration(p, rng)) for p in cuts["n_sft"]]
+    human_train = [_human_pair(task, p, rng) for p in cuts["n_human_train"]]
+    human_val = [_human_pair(task, p, rng) for p in cuts["n_human_val"]]
+    # How often the simulated annotators agree with the oracle: the ceiling of rm/val/acc.
+    agree = [
+        task.reward(it.prompt, it.responses[0]) > task.reward(it.prompt, it.responses[1])
+        for it in human_val
+        if task.reward(it.prompt, it.responses[0]) != task.reward(it.prompt, it.responses[1])
+    ]
+    return GameData(
+        sft=sft,
+        human_train=human_train,
+        human_val=human_val,
+        rm_prompts=cuts["n_rm"],
+        golden={p: task.golden(p) for p in cuts["n_rm"]},
+        policy_prompts=cuts["n_policy"],
+        test_prompts=cuts["n_test"],
+        meta={
+            "annotator_oracle_agreement": sum(agree) / max(len(agree), 1),
+            "sft_demo_gold_reward": sum(task.reward(p, r) for p, r in sft) / max(len(sft), 1),
+        },
+    )

@@ -1,0 +1,257 @@
+"""The GameLoop: warm start, then rounds of generate -> RM fit -> score -> policy fit -> evaluate."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from apo.data.datamodule import GameDataModule
+from apo.data.game_data import build_task_data
+from apo.distributed import is_global_zero, predict_gathered
+from apo.logger import GameTensorBoardLogger
+from apo.metrics import mean, pairwise_agreement
+from apo.modules.backbones import build_causal_lm, build_sequence_classifier
+from apo.modules.policy import PolicyModule
+from apo.modules.reward import RewardModule
+from apo.records import format_table, round_dir, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+#: the per-round metrics every summary holds, in table order
+SUMMARY_KEYS = [
+    "rm/val/acc",
+    "rm/onpolicy/acc",
+    "policy/gold_reward",
+    "policy/kl",
+    "policy/length",
+]
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+class GameLoop:
+    """One APO game, built from a composed Hydra config (see `configs/train.yaml`).
+
+    Every rank of a multi-process strategy runs this loop; data and samples are the same on all
+    ranks (built from the seed, or gathered after prediction) and only rank 0 writes files.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.task = instantiate(cfg.task)
+        self.tokenizer = self.task.build_tokenizer()
+        data = build_task_data(self.task, seed=cfg.seed, **_plain(cfg.data.sizes))
+        bs = {
+            "sft": cfg.policy.sft_batch_size,
+            "policy": cfg.policy.batch_size,
+            "rm": cfg.rm.batch_size,
+            "apo": cfg.rm.apo_batch_size,
+            "predict": cfg.data.predict_batch_size,
+        }
+        self.dm = GameDataModule(
+            data, self.tokenizer, bs, cfg.data.max_prompt_len, cfg.data.max_len, seed=cfg.seed
+        )
+        g = cfg.game
+        self.policy = PolicyModule(
+            model=build_causal_lm(instantiate(cfg.policy.backbone), self.tokenizer, cfg.seed),
+            optimizer=instantiate(cfg.policy.optimizer),
+            objective="sft",
+            generation=_plain(cfg.policy.generation),
+        )
+        self.rm = RewardModule(
+            model=build_sequence_classifier(instantiate(cfg.rm.backbone), self.tokenizer, cfg.seed + 1),
+            optimizer=instantiate(cfg.rm.optimizer),
+            kl_coeff=g.rm_kl_coeff,
+            apo_coeff=g.apo_coeff,
+            apo_loss=g.apo_loss,
+            samples_per_prompt=g.samples_per_prompt,
+            pooling=cfg.rm.pooling,
+        )
+        self.logger = GameTensorBoardLogger(str(self.run_dir))
+        self.steps = {"rm": 0, "policy": 0}
+        self.summary: list[dict[str, Any]] = []
+        self.timings: dict[str, float] = {}
+
+    # ---- trainers -------------------------------------------------------------------------
+    def make_trainer(self, player: str, stage: str | None) -> L.Trainer:
+        """A fresh Trainer for `player`; `stage` (`warmup` / `round`) adds that fit's settings,
+        None makes a prediction Trainer."""
+        from apo.strategies import build_strategy
+
+        tcfg = dict(_plain(self.cfg.trainer))
+        if stage is not None:
+            tcfg.update(_plain(self.cfg[player][stage]))
+        scfg = self.cfg.get(f"{player}_strategy") or self.cfg.strategy
+        strategy, devices = build_strategy(scfg)
+        if tcfg.get("devices") is None:
+            tcfg["devices"] = devices
+        return L.Trainer(
+            **tcfg,
+            strategy=strategy,
+            logger=self.logger if stage is not None else False,
+            default_root_dir=str(self.run_dir),
+        )
+
+    def fit(self, player: str, stage: str, prefix: str, phase: str | None = None) -> None:
+        module = self.rm if player == "rm" else self.policy
+        module.log_prefix = prefix
+        self.dm.phase = phase or player
+        self.logger.step_offset = self.steps[player]
+        trainer = self.make_trainer(player, stage)
+        trainer.fit(module, datamodule=self.dm)
+        self.steps[player] += trainer.global_step
+
+    def _timed(self, name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.timings[name] = time.perf_counter() - t0
+        return out
+
+    # ---- the game ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        if is_global_zero():
+            self.tokenizer.save_pretrained(str(self.run_dir / "tokenizer"))
+        self._timed("time/warm_start_s", self.warm_start)
+        self.evaluate(0)
+        for r in range(1, self.cfg.game.rounds + 1):
+            self.play_round(r)
+        self.logger.close()
+        table = format_table(self.summary, SUMMARY_KEYS)
+        if is_global_zero():
+            log.info("APO game finished in %.1f s; run dir %s\n%s", time.perf_counter() - t0,
+                     self.run_dir, table)
+        return {"rounds": self.summary, "table": table}
+
+    def warm_start(self) -> None:
+        """SFT the policy on (noisy) demonstrations, freeze it as the reference, fit the base RM."""
+        self.policy.set_objective("sft", {})
+        self.fit("policy", "warmup", "policy/sft", phase="sft")
+        self.policy.snapshot_reference()
+        obj = _plain(self.cfg.objective)
+        self.policy.set_objective(obj.pop("name"), obj)
+        self.dm.use_apo = False
+        self.fit("rm", "warmup", "rm/base")
+
+    def play_round(self, r: int) -> None:
+        g = self.cfg.game
+        self.policy.generation_seed = self.cfg.seed * 10007 + r
+        self._timed("time/generate_s", self.dm.regenerate, self.make_trainer("policy", None),
+                    self.policy, g.samples_per_prompt)
+        self.dm.use_apo = g.apo_coeff != 0
+        self._timed("time/rm_fit_s", self.fit, "rm", "round", "rm/train")
+        self._timed("time/score_s", self.score_samples)
+        self.dm.policy_select = self.policy.objective.select
+        if self.policy.objective.needs_reference:
+            self._timed("time/reference_s", self.reference_logps)
+        self._timed("time/policy_fit_s", self.fit, "policy", "round", "policy/train")
+        self.evaluate(r)
+
+    def score_samples(self) -> None:
+        """The re-trained RM scores this round's samples of both splits."""
+        trainer = self.make_trainer("rm", None)
+        for split, recs in self.dm.samples.items():
+            scored = predict_gathered(trainer, self.rm,
+                                      self.dm.listwise_loader(self.dm.sample_items(recs), "score"))
+            for rec, s in zip(recs, scored):
+                rec["rm_scores"] = s["rewards"]
+                rec["oracle"] = [self.task.reward(rec["prompt"], t) for t in rec["texts"]]
+
+    def reference_logps(self) -> None:
+        """Reference log-likelihoods of the samples the objective uses, once per round."""
+        items = self.dm.policy_items()
+        recs = predict_gathered(self.make_trainer("policy", None), self.policy,
+                                self.dm.listwise_loader(items, "ref_logps"))
+        self.dm.policy_ref_logps = [rec["ref_logps"] for rec in recs]
+
+    # ---- evaluation and records -------------------------------------------------------------
+    def evaluate(self, r: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        data, g = self.dm.data, self.cfg.game
+        self.policy.generation_seed = self.cfg.seed * 10007 + 5000 + r
+        test = self.dm.generate(self.make_trainer("policy", None), self.policy, data.test_prompts,
+                                g.eval_samples_per_prompt)
+        items = self.dm.sample_items(test)
+        lp = predict_gathered(self.make_trainer("policy", None), self.policy,
+                              self.dm.listwise_loader(items, "logps"))
+        rm_trainer = self.make_trainer("rm", None)
+        scores = predict_gathered(rm_trainer, self.rm, self.dm.listwise_loader(items, "score"))
+        val = predict_gathered(rm_trainer, self.rm, self.dm.listwise_loader(
+            self.dm.human_items(data.human_val), "score"))
+        for rec, l, s in zip(test, lp, scores):
+            rec["rm_scores"], rec["logps"], rec["ref_logps"] = s["rewards"], l["logps"], l["ref_logps"]
+            rec["oracle"] = [self.task.reward(rec["prompt"], t) for t in rec["texts"]]
+        flat = lambda key: [x for rec in test for x in rec[key]]  # noqa: E731
+        val_oracle = [[self.task.reward(it.prompt, y) for y in it.responses] for it in data.human_val]
+        m: dict[str, Any] = {
+            "round": r,
+            "rm/val/acc": pairwise_agreement([v["rewards"] for v in val],
+                                             [it.scores for it in data.human_val]),
+            "rm/val/oracle_acc": pairwise_agreement([v["rewards"] for v in val], val_oracle),
+            "rm/onpolicy/acc": pairwise_agreement([rec["rm_scores"] for rec in test],
+                                                  [rec["oracle"] for rec in test]),
+            "policy/gold_reward": mean(flat("oracle")),
+            "policy/kl": mean([a - b for a, b in zip(flat("logps"), flat("ref_logps"))]),
+            "policy/length": mean([len(ids) for rec in test for ids in rec["responses"]]),
+            "policy/rm_reward": mean(flat("rm_scores")),
+            "policy/exact_match": mean([float(o == 1.0) for o in flat("oracle")]),
+        }
+        if r > 0:
+            m.update(self._sample_metrics())
+        m.update(self.timings)
+        self.timings = {}
+        m["time/evaluate_s"] = time.perf_counter() - t0
+        m["steps/rm"], m["steps/policy"] = self.steps["rm"], self.steps["policy"]
+        self.summary.append(m)
+        if is_global_zero():
+            self._write_round(r, m, test)
+        return m
+
+    def _sample_metrics(self) -> dict[str, float]:
+        """How well this round's RM picked among the policy's own training samples."""
+        recs = self.dm.samples["policy"]
+        best = [rec["oracle"][max(range(len(rec["oracle"])), key=lambda j: rec["rm_scores"][j])]
+                for rec in recs]
+        return {
+            "game/samples_gold_reward": mean([o for rec in recs for o in rec["oracle"]]),
+            "game/rm_best_gold_reward": mean(best),
+            "game/oracle_best_gold_reward": mean([max(rec["oracle"]) for rec in recs]),
+            "rm/samples/acc": pairwise_agreement([rec["rm_scores"] for rec in recs],
+                                                 [rec["oracle"] for rec in recs]),
+        }
+
+    def _write_round(self, r: int, metrics: dict[str, Any], test: list[dict]) -> None:
+        d = round_dir(self.run_dir, r)
+        rows = lambda recs, split: [  # noqa: E731
+            {"round": r, "split": split, "prompt": rec["prompt"], "sample": j, "response": t,
+             "rm_score": rec["rm_scores"][j], "oracle_reward": rec["oracle"][j],
+             **({"logp": rec["logps"][j], "ref_logp": rec["ref_logps"][j]} if "logps" in rec else {})}
+            for rec in recs for j, t in enumerate(rec["texts"])
+        ]
+        if r > 0:
+            write_jsonl(d / "samples.jsonl",
+                        [row for split, recs in self.dm.samples.items() for row in rows(recs, split)])
+        write_jsonl(d / "eval_samples.jsonl", rows(test, "test"))
+        write_json(d / "metrics.json", metrics)
+        if self.cfg.game.save_weights:
+            for name, module in (("policy", self.policy), ("rm", self.rm)):
+                module.model.save_pretrained(str(d / name))
+                self.tokenizer.save_pretrained(str(d / name))
+        write_json(self.run_dir / "summary.json", {"rounds": self.summary,
+                                                   "data": self.dm.data.meta})
+        n = self.cfg.game.num_text_samples
+        shown = "\n".join(
+            f"| `{rec['prompt']}` | `{rec['texts'][0]}` | {rec['oracle'][0]:.2f} | {rec['rm_scores'][0]:.2f} |"
+            for rec in test[:n])
+        text = "| prompt | response | oracle | RM |\n|---|---|---|---|\n" + shown
+        self.logger.log_round({k: v for k, v in metrics.items() if k != "round"}, r,
+                              {"policy/samples": text})

@@ -1,0 +1,145 @@
+"""The policy player: a causal LM with a frozen reference copy, aligned on RM-scored samples."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apo.losses.policy import POLICY_OBJECTIVES
+
+
+def sequence_logps(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-likelihood of the `loss_mask` tokens of each row `[N, T]`, and their count."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    targets = input_ids[:, 1:]
+    tok_logp = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+    m = loss_mask[:, 1:].to(tok_logp.dtype)
+    return (tok_logp * m).sum(-1), m.sum(-1)
+
+
+class PolicyModule(L.LightningModule):
+    """`pi(y | x)` for the APO game.
+
+    Training batches are listwise `[B, k, T]` with RM scores; the objective (a name in
+    `POLICY_OBJECTIVES`, with its keyword arguments) turns their log-likelihoods into a loss.
+    Prediction batches say what to compute in `batch["op"]`: `generate` (K samples per prompt,
+    batched, with the KV cache), `logps` (policy and reference log-likelihoods) or `ref_logps`.
+
+    Args:
+        model: an `AutoModelForCausalLM`.
+        optimizer: a partial optimizer factory taking the parameters.
+        objective: registry name; `objective_kwargs` are passed to it (e.g. `beta`).
+        generation: keyword arguments of `generate` (max_new_tokens, temperature, top_k, top_p).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        objective: str = "rjs",
+        objective_kwargs: dict[str, Any] | None = None,
+        generation: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.ref_model: nn.Module | None = None
+        self.optimizer_factory = optimizer
+        self.set_objective(objective, objective_kwargs or {})
+        self.generation = dict(generation or {})
+        self.samples_per_prompt = 1
+        self.generation_seed = 0
+        self.log_prefix = "policy/train"
+
+    def set_objective(self, name: str, kwargs: dict[str, Any]) -> None:
+        if name not in POLICY_OBJECTIVES:
+            raise ValueError(f"unknown policy objective {name!r}; known: {sorted(POLICY_OBJECTIVES)}")
+        self.objective_name, self.objective = name, POLICY_OBJECTIVES[name]
+        self.objective_kwargs = dict(kwargs)
+
+    def snapshot_reference(self) -> None:
+        """Freeze a copy of the current policy as `pi_ref` (done once, after the warm start)."""
+        self.ref_model = copy.deepcopy(self.model).eval()
+        self.ref_model.requires_grad_(False)
+
+    def _flat_logps(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        B, k, T = batch["input_ids"].shape
+        lp, n = sequence_logps(
+            model,
+            batch["input_ids"].view(B * k, T),
+            batch["attention_mask"].view(B * k, T),
+            batch["loss_mask"].view(B * k, T),
+        )
+        return lp.view(B, k), n.view(B, k)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logps, lengths = self._flat_logps(self.model, batch)
+        loss, stats = self.objective.fn(
+            logps, batch.get("ref_logps"), batch["scores"], batch["mask"], lengths, **self.objective_kwargs
+        )
+        logs = {"loss": loss, **stats}
+        bs = batch["input_ids"].shape[0]
+        self.log_dict({f"{self.log_prefix}/{k}": v for k, v in logs.items()}, batch_size=bs)
+        return loss
+
+    def on_predict_start(self) -> None:
+        # Each rank draws different samples, reproducibly for a given seed, round and rank.
+        torch.manual_seed(self.generation_seed * 1000 + self.global_rank)
+        if self.ref_model is not None:
+            self.ref_model.eval()
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
+        op = batch["op"]
+        if op == "generate":
+            return self._generate(batch)
+        out: list[dict[str, Any]] = [{"index": i} for i in batch["index"].tolist()]
+        counts = batch["mask"].sum(-1).tolist()
+        if op in ("logps", "ref_logps"):
+            if self.ref_model is None:
+                raise RuntimeError("reference log-probs requested before snapshot_reference()")
+            ref, lengths = self._flat_logps(self.ref_model, batch)
+            for rec, r, n, c in zip(out, ref.tolist(), lengths.tolist(), counts):
+                rec["ref_logps"], rec["lengths"] = r[:c], n[:c]
+        if op == "logps":
+            lp, _ = self._flat_logps(self.model, batch)
+            for rec, r, c in zip(out, lp.tolist(), counts):
+                rec["logps"] = r[:c]
+        elif op != "ref_logps":
+            raise ValueError(f"PolicyModule.predict_step: unknown op {op!r}")
+        return out
+
+    def _generate(self, batch: dict) -> list[dict[str, Any]]:
+        k = int(batch.get("num_samples", self.samples_per_prompt))
+        ids, att = batch["input_ids"], batch["attention_mask"]
+        gen = dict(self.generation)
+        seqs = self.model.generate(
+            input_ids=ids,
+            attention_mask=att,
+            do_sample=True,
+            num_return_sequences=k,
+            use_cache=True,
+            max_new_tokens=gen.pop("max_new_tokens", 32),
+            **gen,
+        )
+        new = seqs[:, ids.shape[1] :].view(ids.shape[0], k, -1).tolist()
+        eos, pad = self.model.generation_config.eos_token_id, self.model.generation_config.pad_token_id
+        out = []
+        for idx, rows in zip(batch["index"].tolist(), new):
+            responses = []
+            for row in rows:
+                cut = row.index(eos) if eos in row else len(row)
+                responses.append([t for t in row[:cut] if t != pad])
+            out.append({"index": idx, "responses": responses})
+        return out
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        return self.optimizer_factory(params)

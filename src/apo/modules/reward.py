@@ -1,0 +1,95 @@
+"""The reward model player: a transformer with a scalar head, trained on listwise batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from apo.losses.rm import RM_LOSSES
+
+POOLINGS = ("last", "average", "max")
+
+
+class RewardModule(L.LightningModule):
+    """`r(x, y)` for the APO game.
+
+    Training batches are dicts of listwise batches: `"human"` (preference items, always) and
+    `"apo"` (items `[golden, sample_1..K]` with scores `[1, 0..0]`, from round 1 on). The loss is
+    `kl_coeff * bradley_terry(human) + (apo_coeff / K) * apo_<apo_loss>(apo)`; `apo_coeff = 0` is
+    the baseline RM.
+
+    Args:
+        model: a one-label `AutoModelForSequenceClassification` (its `base_model` and `score`
+            head are used, so any pooling works and the export stays loadable by transformers).
+        optimizer: a partial optimizer factory taking the parameters.
+        pooling: `last` (last non-pad token, the default), `average` or `max` over tokens.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        kl_coeff: float = 1.0,
+        apo_coeff: float = 0.1,
+        apo_loss: str = "ranking",
+        samples_per_prompt: int = 4,
+        pooling: str = "last",
+    ) -> None:
+        super().__init__()
+        if apo_loss not in ("ranking", "diff"):
+            raise ValueError(f"RewardModule: apo_loss must be 'ranking' or 'diff', got {apo_loss!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"RewardModule: pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.kl_coeff, self.apo_coeff, self.apo_loss = kl_coeff, apo_coeff, apo_loss
+        self.samples_per_prompt, self.pooling = samples_per_prompt, pooling
+        self.log_prefix = "rm/train"
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Rewards for right-padded sequences `[N, T]` -> `[N]`."""
+        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        values = self.model.score(hidden).squeeze(-1).float()
+        m = attention_mask.bool()
+        if self.pooling == "last":
+            last = m.long().sum(-1).clamp(min=1) - 1
+            return values.gather(-1, last[:, None]).squeeze(-1)
+        if self.pooling == "average":
+            return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
+        return values.masked_fill(~m, torch.finfo(values.dtype).min).amax(-1)
+
+    def listwise_rewards(self, batch: dict) -> torch.Tensor:
+        B, k, T = batch["input_ids"].shape
+        r = self(batch["input_ids"].view(B * k, T), batch["attention_mask"].view(B * k, T))
+        return r.view(B, k)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        human = batch["human"]
+        loss_h = RM_LOSSES["bradley_terry"](self.listwise_rewards(human), human["scores"], human["mask"])
+        loss = self.kl_coeff * loss_h
+        logs = {"loss_human": loss_h}
+        if batch.get("apo") is not None and self.apo_coeff != 0:
+            apo = batch["apo"]
+            loss_a = RM_LOSSES[self.apo_loss](self.listwise_rewards(apo), apo["scores"], apo["mask"])
+            loss = loss + (self.apo_coeff / self.samples_per_prompt) * loss_a
+            logs["loss_apo"] = loss_a
+        logs["loss"] = loss
+        bs = human["input_ids"].shape[0]
+        self.log_dict({f"{self.log_prefix}/{k}": v for k, v in logs.items()}, batch_size=bs)
+        return loss
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
+        r = self.listwise_rewards(batch)
+        out = []
+        for b, idx in enumerate(batch["index"].tolist()):
+            n = int(batch["mask"][b].sum())
+            out.append({"index": idx, "rewards": r[b, :n].tolist()})
+        return out
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.trainer.model.parameters())

@@ -1,0 +1,51 @@
+"""Entry point: `apo-train [hydra overrides]` composes `configs/train.yaml` and plays one game."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+from transformers.utils import logging as hf_logging
+
+from apo.game import GameLoop
+
+log = logging.getLogger(__name__)
+
+#: `configs/` at the top of the project (the package is installed in editable mode)
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def quiet_libraries() -> None:
+    """Every round builds several Trainers; their banners and progress bars drown the game's log."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (r".*isinstance\(treespec, LeafSpec\)", r"The number of training batches",
+                    r"Found \d+ module\(s\) in eval mode", r".*does not have many workers"):
+        # the frozen reference policy is in eval mode on purpose; tiny fits log less often
+        warnings.filterwarnings("ignore", message=message)
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Play the game `cfg` describes; return the metric a sweeper optimises (last round's)."""
+    quiet_libraries()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    result = GameLoop(cfg).run()
+    value = result["rounds"][-1].get(cfg.get("optimized_metric"))
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
