@@ -213,6 +213,7 @@ class GameLoop:
         m["steps/rm"], m["steps/policy"] = self.steps["rm"], self.steps["policy"]
         self.summary.append(m)
         if is_global_zero():
+            log.info("round %d: %s", r, "  ".join(f"{k}={m[k]:.4f}" for k in SUMMARY_KEYS))
             self._write_round(r, m, test)
         return m
 

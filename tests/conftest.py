@@ -1,0 +1,32 @@
+"""Shared fixtures: configs composed from the real `configs/` tree, shrunk per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from apo.train import CONFIG_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+#: the shared real data sets, by default beside the project; APO_DATA_DIR moves them
+DATA_DIR = Path(os.environ.get("APO_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def compose_cfg(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
+    """Compose `configs/train.yaml` as `apo-train` would, with `run_dir` set directly."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides or []))
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.run_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path) -> DictConfig:
+    """The `experiment=tiny` game writing into this test's tmp dir."""
+    return compose_cfg(["experiment=tiny"], run_dir=tmp_path / "run")
