@@ -75,9 +75,15 @@ class GameLoop:
             apo_loss=g.apo_loss,
             samples_per_prompt=g.samples_per_prompt,
             pooling=cfg.rm.pooling,
+            human_loss=g.rm_loss,
+            margin=g.rm_margin,
+            centering_coeff=g.rm_centering_coeff,
+            eos_token_id=self.tokenizer.eos_token_id,
         )
         self.logger = GameTensorBoardLogger(str(self.run_dir))
         self.steps = {"rm": 0, "policy": 0}
+        #: the last logged value of every metric of each player's latest fit
+        self.last_fit: dict[str, dict[str, float]] = {}
         self.summary: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
 
@@ -109,6 +115,7 @@ class GameLoop:
         trainer = self.make_trainer(player, stage)
         trainer.fit(module, datamodule=self.dm)
         self.steps[player] += trainer.global_step
+        self.last_fit[player] = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     def _timed(self, name: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
@@ -138,6 +145,8 @@ class GameLoop:
         self.fit("policy", "warmup", "policy/sft", phase="sft")
         self.policy.snapshot_reference()
         obj = _plain(self.cfg.objective)
+        # the mixture weight changes how samples are drawn, not the loss
+        self.policy.generation["mixture"] = float(obj.pop("mixture", 0.0) or 0.0)
         self.policy.set_objective(obj.pop("name"), obj)
         self.dm.use_apo = False
         self.fit("rm", "warmup", "rm/base")
@@ -147,10 +156,13 @@ class GameLoop:
         self.policy.generation_seed = self.cfg.seed * 10007 + r
         self._timed("time/generate_s", self.dm.regenerate, self.make_trainer("policy", None),
                     self.policy, g.samples_per_prompt)
+        tokens = sum(len(ids) + 1 for recs in self.dm.samples.values() for rec in recs
+                     for ids in rec["responses"])
+        self.timings["perf/generate_tokens_per_s"] = tokens / self.timings["time/generate_s"]
         self.dm.use_apo = g.apo_coeff != 0
         self._timed("time/rm_fit_s", self.fit, "rm", "round", "rm/train")
         self._timed("time/score_s", self.score_samples)
-        self.dm.policy_select = self.policy.objective.select
+        self.dm.policy_select = self.policy.objective.selection(self.policy.objective_kwargs)
         if self.policy.objective.needs_reference:
             self._timed("time/reference_s", self.reference_logps)
         self._timed("time/policy_fit_s", self.fit, "policy", "round", "policy/train")
@@ -159,7 +171,7 @@ class GameLoop:
     def score_samples(self) -> None:
         """The re-trained RM scores this round's samples of both splits."""
         trainer = self.make_trainer("rm", None)
-        for split, recs in self.dm.samples.items():
+        for recs in self.dm.samples.values():
             scored = predict_gathered(trainer, self.rm,
                                       self.dm.listwise_loader(self.dm.sample_items(recs), "score"))
             for rec, s in zip(recs, scored):
@@ -178,8 +190,9 @@ class GameLoop:
         t0 = time.perf_counter()
         data, g = self.dm.data, self.cfg.game
         self.policy.generation_seed = self.cfg.seed * 10007 + 5000 + r
+        # the policy itself is evaluated, never the sampling mixture
         test = self.dm.generate(self.make_trainer("policy", None), self.policy, data.test_prompts,
-                                g.eval_samples_per_prompt)
+                                g.eval_samples_per_prompt, mixture=0.0)
         items = self.dm.sample_items(test)
         lp = predict_gathered(self.make_trainer("policy", None), self.policy,
                               self.dm.listwise_loader(items, "logps"))
@@ -187,8 +200,8 @@ class GameLoop:
         scores = predict_gathered(rm_trainer, self.rm, self.dm.listwise_loader(items, "score"))
         val = predict_gathered(rm_trainer, self.rm, self.dm.listwise_loader(
             self.dm.human_items(data.human_val), "score"))
-        for rec, l, s in zip(test, lp, scores):
-            rec["rm_scores"], rec["logps"], rec["ref_logps"] = s["rewards"], l["logps"], l["ref_logps"]
+        for rec, lps, sc in zip(test, lp, scores):
+            rec["rm_scores"], rec["logps"], rec["ref_logps"] = sc["rewards"], lps["logps"], lps["ref_logps"]
             rec["oracle"] = [self.task.reward(rec["prompt"], t) for t in rec["texts"]]
         flat = lambda key: [x for rec in test for x in rec[key]]  # noqa: E731
         val_oracle = [[self.task.reward(it.prompt, y) for y in it.responses] for it in data.human_val]

@@ -89,11 +89,11 @@ class GameDataModule(L.LightningDataModule):
         bs = batch_size or self.batch_size["predict"]
         return self._loader(items, bs, ListwiseCollator(self.tokenizer.pad_token_id, op), shuffle)
 
-    def prompt_loader(self, prompts: list[str], k: int) -> DataLoader:
+    def prompt_loader(self, prompts: list[str], k: int, mixture: float | None = None) -> DataLoader:
         items = [{"index": i, "prompt_ids": self.prompt_ids(p)} for i, p in enumerate(prompts)]
         # Generation batch is counted in sequences, so prompts per batch shrink as K grows.
         bs = max(1, self.batch_size["predict"] // max(k, 1))
-        return self._loader(items, bs, PromptCollator(self.tokenizer.pad_token_id, num_samples=k), False)
+        return self._loader(items, bs, PromptCollator(self.tokenizer.pad_token_id, k, mixture), False)
 
     def train_dataloader(self) -> Any:
         if self.phase == "sft":
@@ -124,9 +124,10 @@ class GameDataModule(L.LightningDataModule):
         self.policy_ref_logps = None
 
     def generate(self, trainer: L.Trainer, policy: L.LightningModule, prompts: list[str],
-                 k: int) -> list[dict[str, Any]]:
-        """K samples per prompt from `policy`: records with prompt, responses (ids) and texts."""
-        recs = predict_gathered(trainer, policy, self.prompt_loader(prompts, k))
+                 k: int, mixture: float | None = None) -> list[dict[str, Any]]:
+        """K samples per prompt from `policy` (from its configured sampling mixture unless
+        `mixture` is given): records with prompt, responses (ids) and texts."""
+        recs = predict_gathered(trainer, policy, self.prompt_loader(prompts, k, mixture))
         return [
             {"prompt": p, "responses": r["responses"],
              "texts": [self.enc.decode(ids) for ids in r["responses"]]}

@@ -15,7 +15,9 @@ def preference_pairs(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return better & valid.unsqueeze(-1) & valid.unsqueeze(-2)
 
 
-def best_worst(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def best_worst(
+    scores: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Indices of the best and worst valid item per row and whether that pair is a real preference.
 
     A row whose valid items all tie (or that has fewer than two valid items) gives `ok = False`.
@@ -24,6 +26,7 @@ def best_worst(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, 
     neg_inf = torch.finfo(scores.dtype).min
     best = scores.masked_fill(~valid, neg_inf).argmax(-1)
     worst = scores.masked_fill(~valid, -neg_inf).argmin(-1)
-    ok = scores.gather(-1, best[:, None]).squeeze(-1) > scores.gather(-1, worst[:, None]).squeeze(-1)
-    ok &= valid.sum(-1) >= 2
+    top = scores.gather(-1, best[:, None]).squeeze(-1)
+    bottom = scores.gather(-1, worst[:, None]).squeeze(-1)
+    ok = (top > bottom) & (valid.sum(-1) >= 2)
     return best, worst, ok

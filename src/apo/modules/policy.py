@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apo.losses.policy import POLICY_OBJECTIVES
+from apo.modules.sampling import sample
 
 
 def sequence_logps(
@@ -31,13 +32,14 @@ class PolicyModule(L.LightningModule):
     Training batches are listwise `[B, k, T]` with RM scores; the objective (a name in
     `POLICY_OBJECTIVES`, with its keyword arguments) turns their log-likelihoods into a loss.
     Prediction batches say what to compute in `batch["op"]`: `generate` (K samples per prompt,
-    batched, with the KV cache), `logps` (policy and reference log-likelihoods) or `ref_logps`.
+    batched, with the KV cache; see `sampling.sample`), `logps` (policy and reference log-likelihoods) or `ref_logps`.
 
     Args:
         model: an `AutoModelForCausalLM`.
         optimizer: a partial optimizer factory taking the parameters.
         objective: registry name; `objective_kwargs` are passed to it (e.g. `beta`).
-        generation: keyword arguments of `generate` (max_new_tokens, temperature, top_k, top_p).
+        generation: keyword arguments of `sampling.sample` (max_new_tokens, temperature, top_k,
+            top_p, and `mixture`: the weight of the reference in Nash-MD style mixture sampling).
     """
 
     def __init__(
@@ -117,28 +119,25 @@ class PolicyModule(L.LightningModule):
         return out
 
     def _generate(self, batch: dict) -> list[dict[str, Any]]:
-        k = int(batch.get("num_samples", self.samples_per_prompt))
-        ids, att = batch["input_ids"], batch["attention_mask"]
         gen = dict(self.generation)
-        seqs = self.model.generate(
-            input_ids=ids,
-            attention_mask=att,
-            do_sample=True,
-            num_return_sequences=k,
-            use_cache=True,
-            max_new_tokens=gen.pop("max_new_tokens", 32),
+        mixture = gen.pop("mixture", 0.0)
+        if batch.get("mixture") is not None:
+            mixture = batch["mixture"]
+        mixture = float(mixture or 0.0)
+        cfg = self.model.generation_config
+        responses = sample(
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            num_samples=int(batch.get("num_samples", self.samples_per_prompt)),
+            max_new_tokens=int(gen.pop("max_new_tokens", 32)),
+            eos_token_id=cfg.eos_token_id,
+            pad_token_id=cfg.pad_token_id,
+            ref_model=self.ref_model if mixture > 0 else None,
+            mixture=mixture,
             **gen,
         )
-        new = seqs[:, ids.shape[1] :].view(ids.shape[0], k, -1).tolist()
-        eos, pad = self.model.generation_config.eos_token_id, self.model.generation_config.pad_token_id
-        out = []
-        for idx, rows in zip(batch["index"].tolist(), new):
-            responses = []
-            for row in rows:
-                cut = row.index(eos) if eos in row else len(row)
-                responses.append([t for t in row[:cut] if t != pad])
-            out.append({"index": idx, "responses": responses})
-        return out
+        return [{"index": i, "responses": r} for i, r in zip(batch["index"].tolist(), responses)]
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]

@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from torch import nn
 
-from apo.losses.rm import RM_LOSSES
+from apo.losses.rm import RM_LOSSES, reward_centering
 
-POOLINGS = ("last", "average", "max")
+POOLINGS = ("last", "eos", "average", "max")
 
 
 class RewardModule(L.LightningModule):
@@ -26,7 +26,12 @@ class RewardModule(L.LightningModule):
         model: a one-label `AutoModelForSequenceClassification` (its `base_model` and `score`
             head are used, so any pooling works and the export stays loadable by transformers).
         optimizer: a partial optimizer factory taking the parameters.
-        pooling: `last` (last non-pad token, the default), `average` or `max` over tokens.
+        pooling: `last` (last non-pad token, the default), `eos` (the first end-of-sequence token
+            after the prompt; the last token where there is none), `average` or `max` over tokens.
+        human_loss: RM_LOSSES name of the human-pair term (`bradley_terry`).
+        margin: margin of the pairwise terms (0 = none).
+        centering_coeff: weight of the reward-centering term on the human items (0 = off).
+        eos_token_id: needed by `eos` pooling.
     """
 
     def __init__(
@@ -38,16 +43,26 @@ class RewardModule(L.LightningModule):
         apo_loss: str = "ranking",
         samples_per_prompt: int = 4,
         pooling: str = "last",
+        human_loss: str = "bradley_terry",
+        margin: float = 0.0,
+        centering_coeff: float = 0.0,
+        eos_token_id: int | None = None,
     ) -> None:
         super().__init__()
         if apo_loss not in ("ranking", "diff"):
             raise ValueError(f"RewardModule: apo_loss must be 'ranking' or 'diff', got {apo_loss!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"RewardModule: pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling == "eos" and eos_token_id is None:
+            raise ValueError("RewardModule: pooling 'eos' needs eos_token_id")
+        if human_loss not in RM_LOSSES:
+            raise ValueError(f"RewardModule: unknown human_loss {human_loss!r}; known: {sorted(RM_LOSSES)}")
         self.model = model
         self.optimizer_factory = optimizer
         self.kl_coeff, self.apo_coeff, self.apo_loss = kl_coeff, apo_coeff, apo_loss
         self.samples_per_prompt, self.pooling = samples_per_prompt, pooling
+        self.human_loss, self.margin, self.centering_coeff = human_loss, margin, centering_coeff
+        self.eos_token_id = eos_token_id
         self.log_prefix = "rm/train"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -55,9 +70,15 @@ class RewardModule(L.LightningModule):
         hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
         values = self.model.score(hidden).squeeze(-1).float()
         m = attention_mask.bool()
-        if self.pooling == "last":
-            last = m.long().sum(-1).clamp(min=1) - 1
-            return values.gather(-1, last[:, None]).squeeze(-1)
+        if self.pooling in ("last", "eos"):
+            pos = m.long().sum(-1).clamp(min=1) - 1
+            if self.pooling == "eos":
+                # first eos that is not position 0 (a bos may share the id); else the last token
+                is_eos = (input_ids == self.eos_token_id) & m
+                is_eos[:, 0] = False
+                first = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), pos)
+                pos = first
+            return values.gather(-1, pos[:, None]).squeeze(-1)
         if self.pooling == "average":
             return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
         return values.masked_fill(~m, torch.finfo(values.dtype).min).amax(-1)
@@ -69,12 +90,18 @@ class RewardModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         human = batch["human"]
-        loss_h = RM_LOSSES["bradley_terry"](self.listwise_rewards(human), human["scores"], human["mask"])
+        r_h = self.listwise_rewards(human)
+        loss_h = RM_LOSSES[self.human_loss](r_h, human["scores"], human["mask"], margin=self.margin)
         loss = self.kl_coeff * loss_h
-        logs = {"loss_human": loss_h}
+        logs = {"loss_human": loss_h, "reward_mean": r_h[human["mask"]].mean().detach()}
+        if self.centering_coeff:
+            loss_c = reward_centering(r_h, human["mask"])
+            loss = loss + self.centering_coeff * loss_c
+            logs["loss_centering"] = loss_c
         if batch.get("apo") is not None and self.apo_coeff != 0:
             apo = batch["apo"]
-            loss_a = RM_LOSSES[self.apo_loss](self.listwise_rewards(apo), apo["scores"], apo["mask"])
+            loss_a = RM_LOSSES[self.apo_loss](self.listwise_rewards(apo), apo["scores"], apo["mask"],
+                                              margin=self.margin)
             loss = loss + (self.apo_coeff / self.samples_per_prompt) * loss_a
             logs["loss_apo"] = loss_a
         logs["loss"] = loss
