@@ -34,6 +34,10 @@ def test_summary_has_every_round_and_key(tiny_run: Path):
             assert key in r, key
         assert 0.0 <= r["policy/gold_reward"] <= 1.0
         assert 0.0 <= r["rm/val/acc"] <= 1.0
+        for key in ("rm/val/ece", "rm/val/ace", "rm/val/mce"):
+            assert 0.0 <= r[key] <= 1.0
+        assert r["rm/val/mce"] >= r["rm/val/ece"]
+        assert r["rm/val/reward_std"] > 0.0
     assert rounds[0]["policy/kl"] == pytest.approx(0.0, abs=1e-4)  # round 0 policy is the reference
     assert rounds[2]["steps/rm"] > rounds[1]["steps/rm"] > rounds[0]["steps/rm"] > 0
 
@@ -42,6 +46,7 @@ def test_per_round_files(tiny_run: Path):
     for r in range(3):
         d = tiny_run / "rounds" / f"round_{r:02d}"
         assert json.loads((d / "metrics.json").read_text())["round"] == r
+        assert (d / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         for player in ("policy", "rm"):
             assert (d / player / "model.safetensors").exists()
             assert (d / player / "tokenizer.json").exists()
@@ -91,6 +96,7 @@ def test_tensorboard_events(tiny_run: Path):
         texts |= set(ea.Tags()["tensors"])
     assert sorted(tags["policy/gold_reward"]) == [0, 1, 2]
     assert sorted(tags["rm/onpolicy/acc"]) == [0, 1, 2]
+    assert sorted(tags["rm/val/ece"]) == [0, 1, 2]
     for loss in ("rm/train/loss", "policy/train/loss", "policy/sft/loss", "rm/base/loss"):
         assert loss in tags, sorted(tags)
     # steps of one player keep counting across fits: no step is logged twice

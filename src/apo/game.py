@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from apo.calibration import calibration_errors, preference_probs, reliability_diagram
 from apo.data.datamodule import GameDataModule
 from apo.data.game_data import build_task_data
 from apo.distributed import is_global_zero, predict_gathered
 from apo.logger import GameTensorBoardLogger
-from apo.metrics import mean, pairwise_agreement
+from apo.metrics import mean, pairwise_agreement, std
 from apo.modules.backbones import build_causal_lm, build_sequence_classifier
 from apo.modules.policy import PolicyModule
 from apo.modules.reward import RewardModule
@@ -203,13 +205,17 @@ class GameLoop:
         for rec, lps, sc in zip(test, lp, scores):
             rec["rm_scores"], rec["logps"], rec["ref_logps"] = sc["rewards"], lps["logps"], lps["ref_logps"]
             rec["oracle"] = [self.task.reward(rec["prompt"], t) for t in rec["texts"]]
+        val_rewards = [v["rewards"] for v in val]
+        calib = self._calibration(val_rewards, [it.scores for it in data.human_val])
         flat = lambda key: [x for rec in test for x in rec[key]]  # noqa: E731
         val_oracle = [[self.task.reward(it.prompt, y) for y in it.responses] for it in data.human_val]
         m: dict[str, Any] = {
             "round": r,
-            "rm/val/acc": pairwise_agreement([v["rewards"] for v in val],
-                                             [it.scores for it in data.human_val]),
-            "rm/val/oracle_acc": pairwise_agreement([v["rewards"] for v in val], val_oracle),
+            "rm/val/acc": pairwise_agreement(val_rewards, [it.scores for it in data.human_val]),
+            "rm/val/oracle_acc": pairwise_agreement(val_rewards, val_oracle),
+            **{f"rm/val/{k}": float(calib[k]) for k in ("ece", "ace", "mce")},
+            "rm/val/reward_mean": mean([x for r in val_rewards for x in r]),
+            "rm/val/reward_std": std([x for r in val_rewards for x in r]),
             "rm/onpolicy/acc": pairwise_agreement([rec["rm_scores"] for rec in test],
                                                   [rec["oracle"] for rec in test]),
             "policy/gold_reward": mean(flat("oracle")),
@@ -226,9 +232,19 @@ class GameLoop:
         m["steps/rm"], m["steps/policy"] = self.steps["rm"], self.steps["policy"]
         self.summary.append(m)
         if is_global_zero():
+            reliability_diagram(calib, round_dir(self.run_dir, r) / "reliability.png",
+                                f"RM on held-out human pairs, round {r}")
             log.info("round %d: %s", r, "  ".join(f"{k}={m[k]:.4f}" for k in SUMMARY_KEYS))
             self._write_round(r, m, test)
         return m
+
+    def _calibration(self, rewards: list[list[float]], scores: list[list[float]]) -> dict:
+        """ECE / ACE / MCE of sigmoid(r_i - r_j) on the human pairs (both orientations)."""
+        k = max(len(r) for r in rewards)
+        pad = lambda rows: torch.tensor([r + [0.0] * (k - len(r)) for r in rows])  # noqa: E731
+        mask = torch.tensor([[j < len(r) for j in range(k)] for r in rewards])
+        probs, labels = preference_probs(pad(rewards), pad(scores), mask)
+        return calibration_errors(probs, labels, n_bins=self.cfg.rm.calibration_bins)
 
     def _sample_metrics(self) -> dict[str, float]:
         """How well this round's RM picked among the policy's own training samples."""

@@ -25,3 +25,11 @@ def pairwise_agreement(pred: Sequence[Sequence[float]], truth: Sequence[Sequence
 
 def mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
+
+
+def std(xs: Sequence[float]) -> float:
+    """Population standard deviation (NaN for an empty list)."""
+    if not xs:
+        return math.nan
+    m = mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
