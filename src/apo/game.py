@@ -234,6 +234,8 @@ class GameLoop:
         if is_global_zero():
             reliability_diagram(calib, round_dir(self.run_dir, r) / "reliability.png",
                                 f"RM on held-out human pairs, round {r}")
+            write_json(round_dir(self.run_dir, r) / "calibration.json",
+                       {k: v.tolist() if hasattr(v, "tolist") else v for k, v in calib.items()})
             log.info("round %d: %s", r, "  ".join(f"{k}={m[k]:.4f}" for k in SUMMARY_KEYS))
             self._write_round(r, m, test)
         return m
