@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra.utils import get_class, get_method
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from apo.losses.policy import POLICY_OBJECTIVES
 from apo.train import CONFIG_DIR
@@ -33,7 +33,9 @@ def _targets(node, path=""):
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_config_option_composes(group: str, option: str, tmp_path):
-    cfg = compose_cfg([f"{MOUNT.get(group, group)}={option}"], run_dir=tmp_path)
+    cfg = compose_cfg([f"{MOUNT.get(group, group)}={option}"], run_dir=tmp_path, hydra_config=True)
+    with open_dict(cfg):
+        cfg.pop("hydra")
     plain = OmegaConf.to_container(cfg, resolve=True)
     for where, target in _targets(plain):
         try:

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from apo import warm_cache
 from apo.calibration import calibration_errors, preference_probs, reliability_diagram
 from apo.data.datamodule import GameDataModule
 from apo.data.game_data import build_task_data
@@ -142,16 +143,32 @@ class GameLoop:
         return {"rounds": self.summary, "table": table}
 
     def warm_start(self) -> None:
-        """SFT the policy on (noisy) demonstrations, freeze it as the reference, fit the base RM."""
-        self.policy.set_objective("sft", {})
-        self.fit("policy", "warmup", "policy/sft", phase="sft")
+        """SFT the policy on (noisy) demonstrations, freeze it as the reference, fit the base RM.
+
+        With `game.warm_start_cache` set, a warm start with the same key is loaded instead of
+        fitted (see `apo.warm_cache`), and a fitted one is saved there for the next job.
+        """
+        cache_dir = self.cfg.game.get("warm_start_cache")
+        key = warm_cache.warm_start_key(self.cfg)
+        cached = warm_cache.load(cache_dir, key) if cache_dir else None
+        if cached is not None:
+            self.policy.model.load_state_dict(cached["policy"])
+            self.rm.model.load_state_dict(cached["rm"])
+            self.steps = dict(cached["steps"])
+            log.info("warm start %s loaded from %s", key, cache_dir)
+        else:
+            self.policy.set_objective("sft", {})
+            self.fit("policy", "warmup", "policy/sft", phase="sft")
+            self.dm.use_apo = False
+            self.fit("rm", "warmup", "rm/base")
+            if cache_dir and is_global_zero():
+                warm_cache.save(cache_dir, key, {"policy": self.policy.model.state_dict(),
+                                                 "rm": self.rm.model.state_dict(), "steps": self.steps})
         self.policy.snapshot_reference()
         obj = _plain(self.cfg.objective)
         # the mixture weight changes how samples are drawn, not the loss
         self.policy.generation["mixture"] = float(obj.pop("mixture", 0.0) or 0.0)
         self.policy.set_objective(obj.pop("name"), obj)
-        self.dm.use_apo = False
-        self.fit("rm", "warmup", "rm/base")
 
     def play_round(self, r: int) -> None:
         g = self.cfg.game

@@ -1,0 +1,57 @@
+"""A content-addressed cache of warm starts (SFT policy + base RM) shared by the jobs of a sweep.
+
+The warm start depends on the seed and the warm-start settings only, not on the APO coefficient
+or the policy objective, so a sweep over those would otherwise redo it in every job. The key
+hashes every config value the warm start reads; anything else may differ between the jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+#: config paths that change the warm start (everything else is ignored by the key)
+KEY_PATHS = (
+    "seed", "task", "data", "trainer", "strategy", "rm_strategy", "policy_strategy",
+    "policy.backbone", "policy.optimizer", "policy.sft_batch_size", "policy.warmup",
+    "rm.backbone", "rm.optimizer", "rm.batch_size", "rm.warmup", "rm.pooling",
+    "game.rm_kl_coeff", "game.rm_loss", "game.rm_margin", "game.rm_centering_coeff",
+)
+
+
+def warm_start_key(cfg: DictConfig) -> str:
+    picked: dict[str, Any] = {}
+    for path in KEY_PATHS:
+        node = OmegaConf.select(cfg, path, default=None)
+        picked[path] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    blob = json.dumps(picked, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load(cache_dir: str | Path, key: str) -> dict[str, Any] | None:
+    path = Path(cache_dir) / f"warm_start_{key}.pt"
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save(cache_dir: str | Path, key: str, state: dict[str, Any]) -> Path:
+    """Write atomically: a job that dies mid-write leaves no half file for the next one."""
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"warm_start_{key}.pt"
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
