@@ -19,8 +19,14 @@ from omegaconf import open_dict
 
 from apo.train import CONFIG_DIR, train
 
-PHASES = ["time/generate_s", "time/rm_fit_s", "time/score_s", "time/reference_s",
-          "time/policy_fit_s", "time/evaluate_s"]
+PHASES = [
+    "time/generate_s",
+    "time/rm_fit_s",
+    "time/score_s",
+    "time/reference_s",
+    "time/policy_fit_s",
+    "time/evaluate_s",
+]
 
 
 def main(overrides: list[str]) -> None:
@@ -34,14 +40,19 @@ def main(overrides: list[str]) -> None:
     wall = time.perf_counter() - t0
     rounds = json.loads((run / "summary.json").read_text())["rounds"]
     print(f"\nconfig overrides: {overrides or '(default game)'}; wall time {wall:.1f} s")
-    print(f"warm start (SFT + base RM): {rounds[0]['time/warm_start_s']:.1f} s; "
-          f"round-0 evaluation {rounds[0]['time/evaluate_s']:.1f} s")
+    print(
+        f"warm start (SFT + base RM): {rounds[0]['time/warm_start_s']:.1f} s; "
+        f"round-0 evaluation {rounds[0]['time/evaluate_s']:.1f} s"
+    )
     head = ["round"] + [p.split("/")[1][:-2] for p in PHASES] + ["total", "gen tok/s"]
     print("  ".join(f"{h:>10}" for h in head))
     for r in rounds[1:]:
         cells = [r.get(p, 0.0) for p in PHASES]
-        row = [str(r["round"])] + [f"{c:.2f}" for c in cells] + [
-            f"{sum(cells):.2f}", f"{r['perf/generate_tokens_per_s']:.0f}"]
+        row = (
+            [str(r["round"])]
+            + [f"{c:.2f}" for c in cells]
+            + [f"{sum(cells):.2f}", f"{r['perf/generate_tokens_per_s']:.0f}"]
+        )
         print("  ".join(f"{c:>10}" for c in row))
 
 

@@ -1,6 +1,6 @@
 """A complete user-defined task: reverse a word. Plug it in without editing the package:
 
-    apo-train task._target_=reverse_task.ReverseTask +task.max_len=6   (with examples/ on PYTHONPATH)
+apo-train task._target_=reverse_task.ReverseTask +task.max_len=6   (with examples/ on PYTHONPATH)
 """
 
 from __future__ import annotations

@@ -17,15 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("APO_DATA_DIR", ROOT.parent / "shared" / "data"))
 
 
-def compose_cfg(overrides: list[str] | None = None, run_dir: Path | None = None,
-                hydra_config: bool = False) -> DictConfig:
+def compose_cfg(
+    overrides: list[str] | None = None, run_dir: Path | None = None, hydra_config: bool = False
+) -> DictConfig:
     """Compose `configs/train.yaml` as `apo-train` would, with `run_dir` set directly.
 
     `hydra_config=True` also composes the `hydra` node and installs it, so `${hydra:...}`
     interpolations resolve as in a real run."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides or []),
-                      return_hydra_config=hydra_config)
+        cfg = compose(
+            config_name="train", overrides=list(overrides or []), return_hydra_config=hydra_config
+        )
     if hydra_config:
         HydraConfig.instance().set_config(cfg)
     if run_dir is not None:

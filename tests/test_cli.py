@@ -17,8 +17,9 @@ from tests.conftest import ROOT
 def apo_train(*overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
     exe = shutil.which("apo-train") or str(Path(sys.executable).parent / "apo-train")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([exe, *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [exe, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_cli_moves_run_dir_and_prints_table(tmp_path: Path):
@@ -52,8 +53,9 @@ def test_ddp_two_processes(tmp_path: Path):
 @pytest.mark.multiprocess
 def test_ddp_for_one_player_only(tmp_path: Path):
     run = tmp_path / "mixed"
-    proc = apo_train("experiment=tiny", "game.rounds=1", "strategy@rm_strategy=ddp",
-                     f"hydra.run.dir={run}")
+    proc = apo_train(
+        "experiment=tiny", "game.rounds=1", "strategy@rm_strategy=ddp", f"hydra.run.dir={run}"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MEMBER: 2/2" in proc.stdout + proc.stderr
     assert len(json.loads((run / "summary.json").read_text())["rounds"]) == 2

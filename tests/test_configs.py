@@ -12,8 +12,11 @@ from apo.losses.policy import POLICY_OBJECTIVES
 from apo.train import CONFIG_DIR
 from tests.conftest import compose_cfg
 
-GROUPS = {p.name: sorted(f.stem for f in p.glob("*.yaml"))
-          for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name != "hydra"}
+GROUPS = {
+    p.name: sorted(f.stem for f in p.glob("*.yaml"))
+    for p in Path(CONFIG_DIR).iterdir()
+    if p.is_dir() and p.name != "hydra"
+}
 #: groups mounted at another package in train.yaml
 MOUNT = {"backbone": "backbone@policy.backbone"}
 CASES = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]

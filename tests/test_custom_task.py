@@ -14,8 +14,17 @@ from tests.conftest import ROOT, compose_cfg
 
 def test_user_task_module_plugs_in(tmp_path: Path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    cfg = compose_cfg(["experiment=tiny", "task._target_=reverse_task.ReverseTask", "~task.edit_probs",
-                       "task.min_len=3", "task.max_len=5", "game.rounds=1"], run_dir=tmp_path)
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "task._target_=reverse_task.ReverseTask",
+            "~task.edit_probs",
+            "task.min_len=3",
+            "task.max_len=5",
+            "game.rounds=1",
+        ],
+        run_dir=tmp_path,
+    )
     with open_dict(cfg):
         cfg.game.save_weights = False
     train(cfg)

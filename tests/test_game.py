@@ -107,8 +107,10 @@ def test_tensorboard_events(tiny_run: Path):
 def test_dpo_game_runs(tmp_path: Path):
     from tests.conftest import compose_cfg
 
-    cfg = compose_cfg(["experiment=tiny", "objective=dpo", "game.rounds=1",
-                       "game.apo_loss=diff"], run_dir=tmp_path)
+    cfg = compose_cfg(
+        ["experiment=tiny", "objective=dpo", "game.rounds=1", "game.apo_loss=diff"],
+        run_dir=tmp_path,
+    )
     with open_dict(cfg):
         cfg.game.save_weights = False
     train(cfg)

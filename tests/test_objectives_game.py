@@ -18,8 +18,16 @@ OBJECTIVES = sorted(set(POLICY_OBJECTIVES) - {"sft"})
 @pytest.mark.parametrize("mixture", [0.0, 0.5])
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_one_round_per_objective(objective: str, mixture: float, tmp_path):
-    cfg = compose_cfg(["experiment=tiny", f"objective={objective}", f"objective.mixture={mixture}",
-                       "data.sizes.n_sft=64", "data.sizes.n_human_train=64"], run_dir=tmp_path)
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            f"objective={objective}",
+            f"objective.mixture={mixture}",
+            "data.sizes.n_sft=64",
+            "data.sizes.n_human_train=64",
+        ],
+        run_dir=tmp_path,
+    )
     with open_dict(cfg):
         cfg.game.save_weights = False
     game = GameLoop(cfg)
@@ -34,4 +42,6 @@ def test_one_round_per_objective(objective: str, mixture: float, tmp_path):
     assert len(changed) > len(before) // 2
     # the reference stays frozen whatever the objective
     assert all(torch.equal(v, ref_before[k]) for k, v in game.policy.ref_model.named_parameters())
-    assert game.dm.policy_select == POLICY_OBJECTIVES[objective].selection(game.policy.objective_kwargs)
+    assert game.dm.policy_select == POLICY_OBJECTIVES[objective].selection(
+        game.policy.objective_kwargs
+    )

@@ -13,29 +13,50 @@ from PIL import Image
 from apo.report import build_report, find_jobs, main, mean_se, metric_table, win_rates
 
 # gold reward of the last round (round 2) per (apo_coeff, seed); round r is scaled by r / 2
-FINAL = {("0", 0): 0.50, ("0", 1): 0.60, ("0", 2): 0.55, ("1.0", 0): 0.70, ("1.0", 1): 0.80, ("1.0", 2): 0.90}
+FINAL = {
+    ("0", 0): 0.50,
+    ("0", 1): 0.60,
+    ("0", 2): 0.55,
+    ("1.0", 0): 0.70,
+    ("1.0", 1): 0.80,
+    ("1.0", 2): 0.90,
+}
 
 
 def _job(root: Path, num: int, apo: str, seed: int, rounds: int | None = 3, test=None) -> Path:
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
-    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"game.apo_coeff={apo}", f"seed={seed}",
-                                                               "objective=rjs"]))
+    (d / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump([f"game.apo_coeff={apo}", f"seed={seed}", "objective=rjs"])
+    )
     (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"game": {"rounds": 2}, "seed": seed}))
     if rounds is None:
         return d
     final = FINAL[(apo, seed)]
-    summary = [{"round": r, "policy/gold_reward": final * r / 2, "rm/onpolicy/acc": 0.5 + 0.1 * r,
-                "rm/val/acc": 0.7, "rm/val/ece": 0.05} for r in range(rounds)]
+    summary = [
+        {
+            "round": r,
+            "policy/gold_reward": final * r / 2,
+            "rm/onpolicy/acc": 0.5 + 0.1 * r,
+            "rm/val/acc": 0.7,
+            "rm/val/ece": 0.05,
+        }
+        for r in range(rounds)
+    ]
     (d / "summary.json").write_text(json.dumps({"rounds": summary}))
     last = d / "rounds" / f"round_{rounds - 1:02d}"
     last.mkdir(parents=True)
-    rows = [{"prompt": p, "response": "x", "oracle_reward": v, "rm_score": v * 3 - 1}
-            for p, v in (test or {"a=": final, "b=": final, "c=": 0.5}).items()]
+    rows = [
+        {"prompt": p, "response": "x", "oracle_reward": v, "rm_score": v * 3 - 1}
+        for p, v in (test or {"a=": final, "b=": final, "c=": 0.5}).items()
+    ]
     (last / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (last / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (last / "calibration.json").write_text(json.dumps(
-        {"counts": [0, 4, 6], "confidence": [None, 0.4, 0.8], "accuracy": [None, 0.5, 0.7]}))
+    (last / "calibration.json").write_text(
+        json.dumps(
+            {"counts": [0, 4, 6], "confidence": [None, 0.4, 0.8], "accuracy": [None, 0.5, 0.7]}
+        )
+    )
     return d
 
 
@@ -79,7 +100,12 @@ def test_report_files_and_images(sweep: Path, capsys):
     out = sweep / "report"
     text = (out / "report.md").read_text()
     assert "**policy/gold_reward**" in text and "Win rate" in text
-    for name in ("policy_gold_reward.png", "rm_onpolicy_acc.png", "reliability.png", "reward_histograms.png"):
+    for name in (
+        "policy_gold_reward.png",
+        "rm_onpolicy_acc.png",
+        "reliability.png",
+        "reward_histograms.png",
+    ):
         with Image.open(out / name) as im:
             im.verify()
             assert im.format == "PNG" and im.size[0] > 100

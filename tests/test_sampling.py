@@ -15,8 +15,14 @@ from apo.tasks import SortTask
 @pytest.fixture(scope="module")
 def lm():
     tok = SortTask().build_tokenizer()
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return build_causal_lm(cfg, tok, seed=0).eval(), tok
 
 
@@ -28,9 +34,15 @@ def test_greedy_matches_transformers_generate_with_left_padding(lm):
     model, tok = lm
     ids, att = pad_2d(_prompts(tok, ["38=", "381712="]), tok.pad_token_id, left=True)
     ours = sample(model, ids, att, 1, 8, tok.eos_token_id, tok.pad_token_id, greedy=True)
-    ref = model.generate(input_ids=ids, attention_mask=att, do_sample=False, max_new_tokens=8,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    for row, theirs in zip(ours, ref[:, ids.shape[1]:].tolist()):
+    ref = model.generate(
+        input_ids=ids,
+        attention_mask=att,
+        do_sample=False,
+        max_new_tokens=8,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    for row, theirs in zip(ours, ref[:, ids.shape[1] :].tolist()):
         cut = theirs.index(tok.eos_token_id) if tok.eos_token_id in theirs else len(theirs)
         assert row[0] == theirs[:cut]
 
@@ -38,10 +50,24 @@ def test_greedy_matches_transformers_generate_with_left_padding(lm):
 def test_padding_does_not_change_a_prompt(lm):
     model, tok = lm
     short, long_ = _prompts(tok, ["38=", "38171299="])
-    alone = sample(model, *pad_2d([short], tok.pad_token_id, left=True), 1, 8, tok.eos_token_id,
-                   tok.pad_token_id, greedy=True)
-    padded = sample(model, *pad_2d([long_, short], tok.pad_token_id, left=True), 1, 8,
-                    tok.eos_token_id, tok.pad_token_id, greedy=True)
+    alone = sample(
+        model,
+        *pad_2d([short], tok.pad_token_id, left=True),
+        1,
+        8,
+        tok.eos_token_id,
+        tok.pad_token_id,
+        greedy=True,
+    )
+    padded = sample(
+        model,
+        *pad_2d([long_, short], tok.pad_token_id, left=True),
+        1,
+        8,
+        tok.eos_token_id,
+        tok.pad_token_id,
+        greedy=True,
+    )
     assert alone[0] == padded[1]
 
 
@@ -60,8 +86,18 @@ def test_mixture_weight_one_samples_the_reference(lm):
     other = build_causal_lm(model.config.__class__(**model.config.to_dict()), tok, seed=1).eval()
     ids, att = pad_2d(_prompts(tok, ["381="]), tok.pad_token_id, left=True)
     as_ref = sample(other, ids, att, 1, 6, tok.eos_token_id, tok.pad_token_id, greedy=True)
-    mixed = sample(model, ids, att, 1, 6, tok.eos_token_id, tok.pad_token_id, greedy=True,
-                   ref_model=other, mixture=1.0)
+    mixed = sample(
+        model,
+        ids,
+        att,
+        1,
+        6,
+        tok.eos_token_id,
+        tok.pad_token_id,
+        greedy=True,
+        ref_model=other,
+        mixture=1.0,
+    )
     assert mixed == as_ref
     with pytest.raises(ValueError, match="reference"):
         sample(model, ids, att, 1, 6, tok.eos_token_id, tok.pad_token_id, mixture=0.5)

@@ -24,7 +24,9 @@ def test_oracle_partial_credit():
 def test_noisy_responses_are_imperfect_but_close():
     t = SortTask(edit_probs=(0.0, 1.0))
     rng = random.Random(0)
-    rewards = [t.reward(p, t.noisy_response(p, rng)) for p in (t.sample_prompt(rng) for _ in range(300))]
+    rewards = [
+        t.reward(p, t.noisy_response(p, rng)) for p in (t.sample_prompt(rng) for _ in range(300))
+    ]
     assert all(0.0 <= r <= 1.0 for r in rewards)
     assert 0.5 < sum(rewards) / len(rewards) < 1.0
     assert sum(r == 1.0 for r in rewards) < len(rewards) * 0.2
@@ -55,12 +57,20 @@ def test_splits_are_disjoint_and_deterministic():
     c = build_task_data(SortTask(), seed=4, **kw)
     assert a.policy_prompts == b.policy_prompts and a.sft == b.sft
     assert a.policy_prompts != c.policy_prompts
-    groups = [[p for p, _ in a.sft], [i.prompt for i in a.human_train], [i.prompt for i in a.human_val],
-              a.rm_prompts, a.policy_prompts, a.test_prompts]
+    groups = [
+        [p for p, _ in a.sft],
+        [i.prompt for i in a.human_train],
+        [i.prompt for i in a.human_val],
+        a.rm_prompts,
+        a.policy_prompts,
+        a.test_prompts,
+    ]
     flat = [p for g in groups for p in g]
     assert len(flat) == len(set(flat)) == 160
     assert all(a.golden[p] == SortTask().golden(p) for p in a.rm_prompts)
-    assert all(it.scores == [1.0, 0.0] and it.responses[0] != it.responses[1] for it in a.human_train)
+    assert all(
+        it.scores == [1.0, 0.0] and it.responses[0] != it.responses[1] for it in a.human_train
+    )
 
 
 def test_bad_task_arguments_are_named():

@@ -13,8 +13,10 @@ from tests.conftest import compose_cfg
 
 
 def _run(run: Path, cache: Path, *overrides: str) -> list[dict]:
-    cfg = compose_cfg(["experiment=tiny", "game.rounds=1", f"game.warm_start_cache={cache}", *overrides],
-                      run_dir=run)
+    cfg = compose_cfg(
+        ["experiment=tiny", "game.rounds=1", f"game.warm_start_cache={cache}", *overrides],
+        run_dir=run,
+    )
     with open_dict(cfg):
         cfg.game.save_weights = False
     train(cfg)
@@ -30,13 +32,25 @@ def test_cached_warm_start_reproduces_the_game(tmp_path: Path):
     first = _run(tmp_path / "a", cache)
     assert len(list(cache.glob("warm_start_*.pt"))) == 1
     second = _run(tmp_path / "b", cache)
-    assert "time/warm_start_s" in second[0] and second[0]["time/warm_start_s"] < first[0]["time/warm_start_s"]
+    assert (
+        "time/warm_start_s" in second[0]
+        and second[0]["time/warm_start_s"] < first[0]["time/warm_start_s"]
+    )
     assert _strip_times(first) == _strip_times(second)
 
 
 def test_key_ignores_round_settings_but_not_warm_start_settings():
     base = warm_cache.warm_start_key(compose_cfg(["experiment=tiny"]))
-    assert warm_cache.warm_start_key(compose_cfg(["experiment=tiny", "game.apo_coeff=0", "objective=dpo",
-                                                  "game.rounds=7"])) == base
-    for change in ("seed=1", "rm.warmup.max_epochs=3", "policy.optimizer.lr=0.1", "game.rm_margin=0.5"):
+    assert (
+        warm_cache.warm_start_key(
+            compose_cfg(["experiment=tiny", "game.apo_coeff=0", "objective=dpo", "game.rounds=7"])
+        )
+        == base
+    )
+    for change in (
+        "seed=1",
+        "rm.warmup.max_epochs=3",
+        "policy.optimizer.lr=0.1",
+        "game.rm_margin=0.5",
+    ):
         assert warm_cache.warm_start_key(compose_cfg(["experiment=tiny", change])) != base, change

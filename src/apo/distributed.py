@@ -31,7 +31,9 @@ def gather_objects(records: list[Any]) -> list[Any]:
     return [r for part in parts for r in (part or [])]
 
 
-def predict_gathered(trainer: L.Trainer, module: L.LightningModule, loader: DataLoader) -> list[dict]:
+def predict_gathered(
+    trainer: L.Trainer, module: L.LightningModule, loader: DataLoader
+) -> list[dict]:
     """Run `trainer.predict` and return every rank's per-example records, ordered by `index`.
 
     `predict_step` must return a list of dicts with an `index` key; the distributed sampler that

@@ -71,7 +71,9 @@ class GameLoop:
             generation=_plain(cfg.policy.generation),
         )
         self.rm = RewardModule(
-            model=build_sequence_classifier(instantiate(cfg.rm.backbone), self.tokenizer, cfg.seed + 1),
+            model=build_sequence_classifier(
+                instantiate(cfg.rm.backbone), self.tokenizer, cfg.seed + 1
+            ),
             optimizer=instantiate(cfg.rm.optimizer),
             kl_coeff=g.rm_kl_coeff,
             apo_coeff=g.apo_coeff,
@@ -138,8 +140,12 @@ class GameLoop:
         self.logger.close()
         table = format_table(self.summary, SUMMARY_KEYS)
         if is_global_zero():
-            log.info("APO game finished in %.1f s; run dir %s\n%s", time.perf_counter() - t0,
-                     self.run_dir, table)
+            log.info(
+                "APO game finished in %.1f s; run dir %s\n%s",
+                time.perf_counter() - t0,
+                self.run_dir,
+                table,
+            )
         return {"rounds": self.summary, "table": table}
 
     def warm_start(self) -> None:
@@ -162,8 +168,15 @@ class GameLoop:
             self.dm.use_apo = False
             self.fit("rm", "warmup", "rm/base")
             if cache_dir and is_global_zero():
-                warm_cache.save(cache_dir, key, {"policy": self.policy.model.state_dict(),
-                                                 "rm": self.rm.model.state_dict(), "steps": self.steps})
+                warm_cache.save(
+                    cache_dir,
+                    key,
+                    {
+                        "policy": self.policy.model.state_dict(),
+                        "rm": self.rm.model.state_dict(),
+                        "steps": self.steps,
+                    },
+                )
         self.policy.snapshot_reference()
         obj = _plain(self.cfg.objective)
         # the mixture weight changes how samples are drawn, not the loss
@@ -173,10 +186,19 @@ class GameLoop:
     def play_round(self, r: int) -> None:
         g = self.cfg.game
         self.policy.generation_seed = self.cfg.seed * 10007 + r
-        self._timed("time/generate_s", self.dm.regenerate, self.make_trainer("policy", None),
-                    self.policy, g.samples_per_prompt)
-        tokens = sum(len(ids) + 1 for recs in self.dm.samples.values() for rec in recs
-                     for ids in rec["responses"])
+        self._timed(
+            "time/generate_s",
+            self.dm.regenerate,
+            self.make_trainer("policy", None),
+            self.policy,
+            g.samples_per_prompt,
+        )
+        tokens = sum(
+            len(ids) + 1
+            for recs in self.dm.samples.values()
+            for rec in recs
+            for ids in rec["responses"]
+        )
         self.timings["perf/generate_tokens_per_s"] = tokens / self.timings["time/generate_s"]
         self.dm.use_apo = g.apo_coeff != 0
         self._timed("time/rm_fit_s", self.fit, "rm", "round", "rm/train")
@@ -191,8 +213,9 @@ class GameLoop:
         """The re-trained RM scores this round's samples of both splits."""
         trainer = self.make_trainer("rm", None)
         for recs in self.dm.samples.values():
-            scored = predict_gathered(trainer, self.rm,
-                                      self.dm.listwise_loader(self.dm.sample_items(recs), "score"))
+            scored = predict_gathered(
+                trainer, self.rm, self.dm.listwise_loader(self.dm.sample_items(recs), "score")
+            )
             for rec, s in zip(recs, scored):
                 rec["rm_scores"] = s["rewards"]
                 rec["oracle"] = [self.task.reward(rec["prompt"], t) for t in rec["texts"]]
@@ -200,8 +223,11 @@ class GameLoop:
     def reference_logps(self) -> None:
         """Reference log-likelihoods of the samples the objective uses, once per round."""
         items = self.dm.policy_items()
-        recs = predict_gathered(self.make_trainer("policy", None), self.policy,
-                                self.dm.listwise_loader(items, "ref_logps"))
+        recs = predict_gathered(
+            self.make_trainer("policy", None),
+            self.policy,
+            self.dm.listwise_loader(items, "ref_logps"),
+        )
         self.dm.policy_ref_logps = [rec["ref_logps"] for rec in recs]
 
     # ---- evaluation and records -------------------------------------------------------------
@@ -210,22 +236,37 @@ class GameLoop:
         data, g = self.dm.data, self.cfg.game
         self.policy.generation_seed = self.cfg.seed * 10007 + 5000 + r
         # the policy itself is evaluated, never the sampling mixture
-        test = self.dm.generate(self.make_trainer("policy", None), self.policy, data.test_prompts,
-                                g.eval_samples_per_prompt, mixture=0.0)
+        test = self.dm.generate(
+            self.make_trainer("policy", None),
+            self.policy,
+            data.test_prompts,
+            g.eval_samples_per_prompt,
+            mixture=0.0,
+        )
         items = self.dm.sample_items(test)
-        lp = predict_gathered(self.make_trainer("policy", None), self.policy,
-                              self.dm.listwise_loader(items, "logps"))
+        lp = predict_gathered(
+            self.make_trainer("policy", None), self.policy, self.dm.listwise_loader(items, "logps")
+        )
         rm_trainer = self.make_trainer("rm", None)
         scores = predict_gathered(rm_trainer, self.rm, self.dm.listwise_loader(items, "score"))
-        val = predict_gathered(rm_trainer, self.rm, self.dm.listwise_loader(
-            self.dm.human_items(data.human_val), "score"))
+        val = predict_gathered(
+            rm_trainer,
+            self.rm,
+            self.dm.listwise_loader(self.dm.human_items(data.human_val), "score"),
+        )
         for rec, lps, sc in zip(test, lp, scores):
-            rec["rm_scores"], rec["logps"], rec["ref_logps"] = sc["rewards"], lps["logps"], lps["ref_logps"]
+            rec["rm_scores"], rec["logps"], rec["ref_logps"] = (
+                sc["rewards"],
+                lps["logps"],
+                lps["ref_logps"],
+            )
             rec["oracle"] = [self.task.reward(rec["prompt"], t) for t in rec["texts"]]
         val_rewards = [v["rewards"] for v in val]
         calib = self._calibration(val_rewards, [it.scores for it in data.human_val])
         flat = lambda key: [x for rec in test for x in rec[key]]  # noqa: E731
-        val_oracle = [[self.task.reward(it.prompt, y) for y in it.responses] for it in data.human_val]
+        val_oracle = [
+            [self.task.reward(it.prompt, y) for y in it.responses] for it in data.human_val
+        ]
         m: dict[str, Any] = {
             "round": r,
             "rm/val/acc": pairwise_agreement(val_rewards, [it.scores for it in data.human_val]),
@@ -233,8 +274,9 @@ class GameLoop:
             **{f"rm/val/{k}": float(calib[k]) for k in ("ece", "ace", "mce")},
             "rm/val/reward_mean": mean([x for r in val_rewards for x in r]),
             "rm/val/reward_std": std([x for r in val_rewards for x in r]),
-            "rm/onpolicy/acc": pairwise_agreement([rec["rm_scores"] for rec in test],
-                                                  [rec["oracle"] for rec in test]),
+            "rm/onpolicy/acc": pairwise_agreement(
+                [rec["rm_scores"] for rec in test], [rec["oracle"] for rec in test]
+            ),
             "policy/gold_reward": mean(flat("oracle")),
             "policy/kl": mean([a - b for a, b in zip(flat("logps"), flat("ref_logps"))]),
             "policy/length": mean([len(ids) for rec in test for ids in rec["responses"]]),
@@ -249,10 +291,15 @@ class GameLoop:
         m["steps/rm"], m["steps/policy"] = self.steps["rm"], self.steps["policy"]
         self.summary.append(m)
         if is_global_zero():
-            reliability_diagram(calib, round_dir(self.run_dir, r) / "reliability.png",
-                                f"RM on held-out human pairs, round {r}")
-            write_json(round_dir(self.run_dir, r) / "calibration.json",
-                       {k: v.tolist() if hasattr(v, "tolist") else v for k, v in calib.items()})
+            reliability_diagram(
+                calib,
+                round_dir(self.run_dir, r) / "reliability.png",
+                f"RM on held-out human pairs, round {r}",
+            )
+            write_json(
+                round_dir(self.run_dir, r) / "calibration.json",
+                {k: v.tolist() if hasattr(v, "tolist") else v for k, v in calib.items()},
+            )
             log.info("round %d: %s", r, "  ".join(f"{k}={m[k]:.4f}" for k in SUMMARY_KEYS))
             self._write_round(r, m, test)
         return m
@@ -268,39 +315,59 @@ class GameLoop:
     def _sample_metrics(self) -> dict[str, float]:
         """How well this round's RM picked among the policy's own training samples."""
         recs = self.dm.samples["policy"]
-        best = [rec["oracle"][max(range(len(rec["oracle"])), key=lambda j: rec["rm_scores"][j])]
-                for rec in recs]
+        best = [
+            rec["oracle"][max(range(len(rec["oracle"])), key=lambda j: rec["rm_scores"][j])]
+            for rec in recs
+        ]
         return {
             "game/samples_gold_reward": mean([o for rec in recs for o in rec["oracle"]]),
             "game/rm_best_gold_reward": mean(best),
             "game/oracle_best_gold_reward": mean([max(rec["oracle"]) for rec in recs]),
-            "rm/samples/acc": pairwise_agreement([rec["rm_scores"] for rec in recs],
-                                                 [rec["oracle"] for rec in recs]),
+            "rm/samples/acc": pairwise_agreement(
+                [rec["rm_scores"] for rec in recs], [rec["oracle"] for rec in recs]
+            ),
         }
 
     def _write_round(self, r: int, metrics: dict[str, Any], test: list[dict]) -> None:
         d = round_dir(self.run_dir, r)
         rows = lambda recs, split: [  # noqa: E731
-            {"round": r, "split": split, "prompt": rec["prompt"], "sample": j, "response": t,
-             "rm_score": rec["rm_scores"][j], "oracle_reward": rec["oracle"][j],
-             **({"logp": rec["logps"][j], "ref_logp": rec["ref_logps"][j]} if "logps" in rec else {})}
-            for rec in recs for j, t in enumerate(rec["texts"])
+            {
+                "round": r,
+                "split": split,
+                "prompt": rec["prompt"],
+                "sample": j,
+                "response": t,
+                "rm_score": rec["rm_scores"][j],
+                "oracle_reward": rec["oracle"][j],
+                **(
+                    {"logp": rec["logps"][j], "ref_logp": rec["ref_logps"][j]}
+                    if "logps" in rec
+                    else {}
+                ),
+            }
+            for rec in recs
+            for j, t in enumerate(rec["texts"])
         ]
         if r > 0:
-            write_jsonl(d / "samples.jsonl",
-                        [row for split, recs in self.dm.samples.items() for row in rows(recs, split)])
+            write_jsonl(
+                d / "samples.jsonl",
+                [row for split, recs in self.dm.samples.items() for row in rows(recs, split)],
+            )
         write_jsonl(d / "eval_samples.jsonl", rows(test, "test"))
         write_json(d / "metrics.json", metrics)
         if self.cfg.game.save_weights:
             for name, module in (("policy", self.policy), ("rm", self.rm)):
                 module.model.save_pretrained(str(d / name))
                 self.tokenizer.save_pretrained(str(d / name))
-        write_json(self.run_dir / "summary.json", {"rounds": self.summary,
-                                                   "data": self.dm.data.meta})
+        write_json(
+            self.run_dir / "summary.json", {"rounds": self.summary, "data": self.dm.data.meta}
+        )
         n = self.cfg.game.num_text_samples
         shown = "\n".join(
             f"| `{rec['prompt']}` | `{rec['texts'][0]}` | {rec['oracle'][0]:.2f} | {rec['rm_scores'][0]:.2f} |"
-            for rec in test[:n])
+            for rec in test[:n]
+        )
         text = "| prompt | response | oracle | RM |\n|---|---|---|---|\n" + shown
-        self.logger.log_round({k: v for k, v in metrics.items() if k != "round"}, r,
-                              {"policy/samples": text})
+        self.logger.log_round(
+            {k: v for k, v in metrics.items() if k != "round"}, r, {"policy/samples": text}
+        )

@@ -17,7 +17,9 @@ class GameTensorBoardLogger(TensorBoardLogger):
     """
 
     def __init__(self, save_dir: str, name: str = "tensorboard", **kwargs: Any) -> None:
-        super().__init__(save_dir=save_dir, name=name, version="", default_hp_metric=False, **kwargs)
+        super().__init__(
+            save_dir=save_dir, name=name, version="", default_hp_metric=False, **kwargs
+        )
         self.step_offset = 0
 
     @rank_zero_only

@@ -80,7 +80,9 @@ def _load_job(path: Path) -> Job:
     overrides: list[str] = []
     expected = None
     if (hydra_dir / "overrides.yaml").exists():
-        overrides = [str(o) for o in (yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [])]
+        overrides = [
+            str(o) for o in (yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [])
+        ]
     if (hydra_dir / "config.yaml").exists():
         cfg = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
         rounds = (cfg.get("game") or {}).get("rounds")
@@ -103,11 +105,17 @@ def find_jobs(root: Path) -> list[Job]:
     if (root / "summary.json").exists() or (root / ".hydra").is_dir():
         return [_load_job(root)]
     subdirs = sorted(
-        (p for p in root.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").exists())),
+        (
+            p
+            for p in root.iterdir()
+            if p.is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").exists())
+        ),
         key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name),
     )
     if not subdirs:
-        raise FileNotFoundError(f"apo-report: no run directories (with .hydra/ or summary.json) in {root}")
+        raise FileNotFoundError(
+            f"apo-report: no run directories (with .hydra/ or summary.json) in {root}"
+        )
     return [_load_job(p) for p in subdirs]
 
 
@@ -155,8 +163,12 @@ def _cell(m: float, se: float, n: int) -> str:
 def markdown_table(table: dict[str, dict[int, tuple[float, float, int]]], metric: str) -> str:
     rounds = sorted({r for g in table.values() for r in g})
     head = "| group (seeds) | " + " | ".join(f"round {r}" for r in rounds) + " |"
-    lines = [f"**{metric}** (mean ± standard error over seeds)", "", head,
-             "|---|" + "---|" * len(rounds)]
+    lines = [
+        f"**{metric}** (mean ± standard error over seeds)",
+        "",
+        head,
+        "|---|" + "---|" * len(rounds),
+    ]
     for group, cells in table.items():
         n = max(c[2] for c in cells.values())
         row = " | ".join(_cell(*cells[r]) if r in cells else "-" for r in rounds)
@@ -206,7 +218,10 @@ def win_rates(jobs: list[Job], baseline: str) -> dict[str, tuple[float, float, i
                 continue
             shared = sorted(set(mine) & set(theirs))
             if shared:
-                wins = [1.0 if mine[p] > theirs[p] else 0.5 if mine[p] == theirs[p] else 0.0 for p in shared]
+                wins = [
+                    1.0 if mine[p] > theirs[p] else 0.5 if mine[p] == theirs[p] else 0.0
+                    for p in shared
+                ]
                 rates.append(sum(wins) / len(wins))
         if rates:
             out[group] = mean_se(rates)
@@ -223,23 +238,35 @@ def _figure(width: float = 6.4, height: float = 4.0):
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def plot_metric(table: dict[str, dict[int, tuple[float, float, int]]], metric: str, path: Path) -> Path:
+def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str = "") -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_metric(
+    table: dict[str, dict[int, tuple[float, float, int]]], metric: str, path: Path
+) -> Path:
     fig, ax = _figure()
     for group, cells in table.items():
         rounds = sorted(cells)
         m = [cells[r][0] for r in rounds]
         se = [cells[r][1] if math.isfinite(cells[r][1]) else 0.0 for r in rounds]
         line = ax.plot(rounds, m, marker="o", label=group)[0]
-        ax.fill_between(rounds, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)],
-                        color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("round")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} by round (mean ± s.e. over seeds)")
+        ax.fill_between(
+            rounds,
+            [a - b for a, b in zip(m, se)],
+            [a + b for a, b in zip(m, se)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path, "round", metric, f"{metric} by round (mean ± s.e. over seeds)")
 
 
 def plot_reliability(jobs: list[Job], path: Path) -> Path | None:
@@ -267,13 +294,14 @@ def plot_reliability(jobs: list[Job], path: Path) -> Path | None:
     if not drawn:
         return None
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel("predicted P(preferred)  (mean confidence per bin)")
-    ax.set_ylabel("observed frequency")
-    ax.set_title("final RM reliability on held-out human pairs")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(
+        fig,
+        ax,
+        path,
+        "predicted P(preferred)  (mean confidence per bin)",
+        "observed frequency",
+        "final RM reliability on held-out human pairs",
+    )
 
 
 def plot_reward_histograms(jobs: list[Job], path: Path) -> Path | None:
@@ -285,25 +313,26 @@ def plot_reward_histograms(jobs: list[Job], path: Path) -> Path | None:
         for job in members:
             d = job.last_round_dir()
             if d is not None and (d / "samples.jsonl").exists():
-                scores += [row["rm_score"] for row in read_jsonl(d / "samples.jsonl")
-                           if row.get("rm_score") is not None]
+                scores += [
+                    row["rm_score"]
+                    for row in read_jsonl(d / "samples.jsonl")
+                    if row.get("rm_score") is not None
+                ]
         if scores:
             ax.hist(scores, bins=40, alpha=0.45, label=group, density=True)
             drawn = True
     if not drawn:
         return None
-    ax.set_xlabel("RM score of the last round's samples")
-    ax.set_ylabel("density")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path, "RM score of the last round's samples", "density")
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def build_report(roots: Path | list[Path], out: Path | None = None,
-                 baseline: str = "game.apo_coeff=0",
-                 metrics: list[str] | None = None) -> tuple[Path, str]:
+def build_report(
+    roots: Path | list[Path],
+    out: Path | None = None,
+    baseline: str = "game.apo_coeff=0",
+    metrics: list[str] | None = None,
+) -> tuple[Path, str]:
     """Write `report.md` and the PNGs into `out` (default `<first root>/report`); return the path
     and the Markdown text. Several roots (e.g. two sweeps) are read as one set of jobs."""
     roots = [Path(r) for r in (roots if isinstance(roots, list | tuple) else [roots])]
@@ -312,8 +341,10 @@ def build_report(roots: Path | list[Path], out: Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# APO report: {', '.join(f'`{r}`' for r in roots)}", ""]
     lines += ["| job | group | seed | status |", "|---|---|---|---|"]
-    lines += [f"| `{j.path.parent.name}/{j.path.name}` | `{j.group}` | {j.seed or '-'} | {j.status} |"
-              for j in jobs]
+    lines += [
+        f"| `{j.path.parent.name}/{j.path.name}` | `{j.group}` | {j.seed or '-'} | {j.status} |"
+        for j in jobs
+    ]
     lines.append("")
     for metric in metrics or DEFAULT_METRICS:
         table = metric_table(jobs, metric)
@@ -326,12 +357,19 @@ def build_report(roots: Path | list[Path], out: Path | None = None,
             lines += [f"![{metric}]({name})", ""]
     wins = win_rates(jobs, baseline)
     if wins:
-        lines += [f"**Win rate of the final policy against `{baseline}`** (same seed, same held-out "
-                  "prompts, judged by the oracle; ties count half)", "",
-                  "| group | win rate | seed pairs |", "|---|---|---|"]
+        lines += [
+            f"**Win rate of the final policy against `{baseline}`** (same seed, same held-out "
+            "prompts, judged by the oracle; ties count half)",
+            "",
+            "| group | win rate | seed pairs |",
+            "|---|---|---|",
+        ]
         lines += [f"| `{g}` | {_cell(m, se, n)} | {n} |" for g, (m, se, n) in wins.items()]
         lines.append("")
-    for name, fn in (("reliability.png", plot_reliability), ("reward_histograms.png", plot_reward_histograms)):
+    for name, fn in (
+        ("reliability.png", plot_reliability),
+        ("reward_histograms.png", plot_reward_histograms),
+    ):
         if fn(jobs, out / name) is not None:
             lines += [f"![{name}]({name})", ""]
     text = "\n".join(lines)
@@ -341,11 +379,17 @@ def build_report(roots: Path | list[Path], out: Path | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="apo-report", description=__doc__.split("\n")[0])
-    parser.add_argument("run_dirs", type=Path, nargs="+",
-                        help="run directories or multirun sweep directories")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default <run_dir>/report)")
-    parser.add_argument("--baseline", default="game.apo_coeff=0",
-                        help="override that marks each group's baseline (default game.apo_coeff=0)")
+    parser.add_argument(
+        "run_dirs", type=Path, nargs="+", help="run directories or multirun sweep directories"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write (default <run_dir>/report)"
+    )
+    parser.add_argument(
+        "--baseline",
+        default="game.apo_coeff=0",
+        help="override that marks each group's baseline (default game.apo_coeff=0)",
+    )
     parser.add_argument("--metrics", nargs="*", default=None, help="metrics to tabulate")
     args = parser.parse_args(argv)
     try:

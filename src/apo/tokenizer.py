@@ -20,7 +20,9 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
         raise ValueError("build_char_tokenizer: the alphabet is empty")
     clash = [c for c in chars if c in "".join(SPECIAL_TOKENS) and len(c) > 1]
     if clash:
-        raise ValueError(f"build_char_tokenizer: alphabet entries {clash} clash with special tokens")
+        raise ValueError(
+            f"build_char_tokenizer: alphabet entries {clash} clash with special tokens"
+        )
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     for c in chars:
         vocab.setdefault(c, len(vocab))

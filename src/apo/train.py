@@ -22,11 +22,18 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 def quiet_libraries() -> None:
     """Every round builds several Trainers; their banners and progress bars drown the game's log."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.pytorch.accelerators.cuda"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for message in (r".*isinstance\(treespec, LeafSpec\)", r"The number of training batches",
-                    r"Found \d+ module\(s\) in eval mode", r".*does not have many workers"):
+    for message in (
+        r".*isinstance\(treespec, LeafSpec\)",
+        r"The number of training batches",
+        r"Found \d+ module\(s\) in eval mode",
+        r".*does not have many workers",
+    ):
         # the frozen reference policy is in eval mode on purpose; tiny fits log less often
         warnings.filterwarnings("ignore", message=message)
     hf_logging.disable_progress_bar()

@@ -19,10 +19,26 @@ from omegaconf import DictConfig, OmegaConf
 
 #: config paths that change the warm start (everything else is ignored by the key)
 KEY_PATHS = (
-    "seed", "task", "data", "trainer", "strategy", "rm_strategy", "policy_strategy",
-    "policy.backbone", "policy.optimizer", "policy.sft_batch_size", "policy.warmup",
-    "rm.backbone", "rm.optimizer", "rm.batch_size", "rm.warmup", "rm.pooling",
-    "game.rm_kl_coeff", "game.rm_loss", "game.rm_margin", "game.rm_centering_coeff",
+    "seed",
+    "task",
+    "data",
+    "trainer",
+    "strategy",
+    "rm_strategy",
+    "policy_strategy",
+    "policy.backbone",
+    "policy.optimizer",
+    "policy.sft_batch_size",
+    "policy.warmup",
+    "rm.backbone",
+    "rm.optimizer",
+    "rm.batch_size",
+    "rm.warmup",
+    "rm.pooling",
+    "game.rm_kl_coeff",
+    "game.rm_loss",
+    "game.rm_margin",
+    "game.rm_centering_coeff",
 )
 
 
@@ -30,7 +46,9 @@ def warm_start_key(cfg: DictConfig) -> str:
     picked: dict[str, Any] = {}
     for path in KEY_PATHS:
         node = OmegaConf.select(cfg, path, default=None)
-        picked[path] = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        picked[path] = (
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        )
     blob = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

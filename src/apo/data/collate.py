@@ -25,7 +25,9 @@ class ListDataset(Dataset):
 class Encoder:
     """Turns prompt and response texts into token ids: `[bos] prompt` and `response [eos]`."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_prompt_len: int, max_len: int) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_prompt_len: int, max_len: int
+    ) -> None:
         self.tok = tokenizer
         self.max_prompt_len, self.max_len = max_prompt_len, max_len
         for name in ("pad_token_id", "eos_token_id"):
@@ -48,7 +50,9 @@ class Encoder:
         return self.tok.decode(ids, skip_special_tokens=True)
 
 
-def pad_2d(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_2d(
+    rows: list[list[int]], pad_id: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad ragged rows into `(ids, attention_mask)`; left padding for generation prompts."""
     width = max((len(r) for r in rows), default=1) or 1
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -65,15 +69,21 @@ def pad_2d(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torc
 class PromptCollator:
     """Items `{"index", "prompt_ids"}` -> left-padded prompts for generation."""
 
-    def __init__(self, pad_id: int, num_samples: int = 1, mixture: float | None = None,
-                 op: str = "generate") -> None:
+    def __init__(
+        self, pad_id: int, num_samples: int = 1, mixture: float | None = None, op: str = "generate"
+    ) -> None:
         self.pad_id, self.num_samples, self.mixture, self.op = pad_id, num_samples, mixture, op
 
     def __call__(self, items: list[dict]) -> dict:
         ids, att = pad_2d([it["prompt_ids"] for it in items], self.pad_id, left=True)
-        return {"op": self.op, "num_samples": self.num_samples, "mixture": self.mixture,
-                "index": torch.tensor([it["index"] for it in items]),
-                "input_ids": ids, "attention_mask": att}
+        return {
+            "op": self.op,
+            "num_samples": self.num_samples,
+            "mixture": self.mixture,
+            "index": torch.tensor([it["index"] for it in items]),
+            "input_ids": ids,
+            "attention_mask": att,
+        }
 
 
 class ListwiseCollator:
@@ -108,9 +118,15 @@ class ListwiseCollator:
             scores[b, : len(it["scores"])] = torch.tensor(it["scores"], dtype=torch.float32)
             if has_ref:
                 ref[b, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
-        out = {"op": self.op, "index": torch.tensor([it["index"] for it in items]),
-               "input_ids": ids, "attention_mask": att, "loss_mask": loss_mask,
-               "scores": scores, "mask": mask}
+        out = {
+            "op": self.op,
+            "index": torch.tensor([it["index"] for it in items]),
+            "input_ids": ids,
+            "attention_mask": att,
+            "loss_mask": loss_mask,
+            "scores": scores,
+            "mask": mask,
+        }
         if has_ref:
             out["ref_logps"] = ref
         return out

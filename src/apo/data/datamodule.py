@@ -65,7 +65,9 @@ class GameDataModule(L.LightningDataModule):
         seqs = [self.enc.sequence(p, self.enc.response(r)) for r in responses]
         return {"index": index, "prompt_len": len(p), "seqs": seqs, "scores": scores}
 
-    def ids_item(self, index: int, prompt: str, responses: list[list[int]], scores: list[float]) -> dict:
+    def ids_item(
+        self, index: int, prompt: str, responses: list[list[int]], scores: list[float]
+    ) -> dict:
         p = self.prompt_ids(prompt)
         eos = self.tokenizer.eos_token_id
         seqs = [self.enc.sequence(p, r + [eos]) for r in responses]
@@ -84,8 +86,9 @@ class GameDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
         )
 
-    def listwise_loader(self, items: list[dict], op: str, batch_size: int | None = None,
-                        shuffle: bool = False) -> DataLoader:
+    def listwise_loader(
+        self, items: list[dict], op: str, batch_size: int | None = None, shuffle: bool = False
+    ) -> DataLoader:
         bs = batch_size or self.batch_size["predict"]
         return self._loader(items, bs, ListwiseCollator(self.tokenizer.pad_token_id, op), shuffle)
 
@@ -93,22 +96,32 @@ class GameDataModule(L.LightningDataModule):
         items = [{"index": i, "prompt_ids": self.prompt_ids(p)} for i, p in enumerate(prompts)]
         # Generation batch is counted in sequences, so prompts per batch shrink as K grows.
         bs = max(1, self.batch_size["predict"] // max(k, 1))
-        return self._loader(items, bs, PromptCollator(self.tokenizer.pad_token_id, k, mixture), False)
+        return self._loader(
+            items, bs, PromptCollator(self.tokenizer.pad_token_id, k, mixture), False
+        )
 
     def train_dataloader(self) -> Any:
         if self.phase == "sft":
             items = [self.text_item(i, p, [r], [0.0]) for i, (p, r) in enumerate(self.data.sft)]
             return self.listwise_loader(items, "train", self.batch_size["sft"], shuffle=True)
         if self.phase == "rm":
-            loaders = {"human": self.listwise_loader(self.human_items(self.data.human_train), "train",
-                                                     self.batch_size["rm"], shuffle=True)}
+            loaders = {
+                "human": self.listwise_loader(
+                    self.human_items(self.data.human_train),
+                    "train",
+                    self.batch_size["rm"],
+                    shuffle=True,
+                )
+            }
             if self.use_apo:
-                loaders["apo"] = self.listwise_loader(self.apo_items(), "train",
-                                                      self.batch_size["apo"], shuffle=True)
+                loaders["apo"] = self.listwise_loader(
+                    self.apo_items(), "train", self.batch_size["apo"], shuffle=True
+                )
             return CombinedLoader(loaders, mode="max_size_cycle")
         if self.phase == "policy":
-            return self.listwise_loader(self.policy_items(), "train", self.batch_size["policy"],
-                                        shuffle=True)
+            return self.listwise_loader(
+                self.policy_items(), "train", self.batch_size["policy"], shuffle=True
+            )
         raise ValueError(f"GameDataModule.phase must be one of {PHASES}, got {self.phase!r}")
 
     # ---- the policy's samples ------------------------------------------------------------------
@@ -123,22 +136,37 @@ class GameDataModule(L.LightningDataModule):
             start += len(ps)
         self.policy_ref_logps = None
 
-    def generate(self, trainer: L.Trainer, policy: L.LightningModule, prompts: list[str],
-                 k: int, mixture: float | None = None) -> list[dict[str, Any]]:
+    def generate(
+        self,
+        trainer: L.Trainer,
+        policy: L.LightningModule,
+        prompts: list[str],
+        k: int,
+        mixture: float | None = None,
+    ) -> list[dict[str, Any]]:
         """K samples per prompt from `policy` (from its configured sampling mixture unless
         `mixture` is given): records with prompt, responses (ids) and texts."""
         recs = predict_gathered(trainer, policy, self.prompt_loader(prompts, k, mixture))
         return [
-            {"prompt": p, "responses": r["responses"],
-             "texts": [self.enc.decode(ids) for ids in r["responses"]]}
+            {
+                "prompt": p,
+                "responses": r["responses"],
+                "texts": [self.enc.decode(ids) for ids in r["responses"]],
+            }
             for p, r in zip(prompts, recs)
         ]
 
     def sample_items(self, records: list[dict[str, Any]]) -> list[dict]:
         """Listwise items over the samples of each record (scores = RM scores when present)."""
-        return [self.ids_item(i, rec["prompt"], rec["responses"],
-                              rec.get("rm_scores", [0.0] * len(rec["responses"])))
-                for i, rec in enumerate(records)]
+        return [
+            self.ids_item(
+                i,
+                rec["prompt"],
+                rec["responses"],
+                rec.get("rm_scores", [0.0] * len(rec["responses"])),
+            )
+            for i, rec in enumerate(records)
+        ]
 
     def apo_items(self) -> list[dict]:
         """`[golden, sample_1..K]` per RM-split prompt, scores `[1, 0..0]` (APO Eq. 8 data)."""
@@ -147,9 +175,17 @@ class GameDataModule(L.LightningDataModule):
             gold = self.enc.response(self.data.golden[rec["prompt"]])
             p = self.prompt_ids(rec["prompt"])
             eos = self.tokenizer.eos_token_id
-            seqs = [self.enc.sequence(p, gold)] + [self.enc.sequence(p, r + [eos]) for r in rec["responses"]]
-            items.append({"index": i, "prompt_len": len(p), "seqs": seqs,
-                          "scores": [1.0] + [0.0] * len(rec["responses"])})
+            seqs = [self.enc.sequence(p, gold)] + [
+                self.enc.sequence(p, r + [eos]) for r in rec["responses"]
+            ]
+            items.append(
+                {
+                    "index": i,
+                    "prompt_len": len(p),
+                    "seqs": seqs,
+                    "scores": [1.0] + [0.0] * len(rec["responses"]),
+                }
+            )
         return items
 
     def select_policy_samples(self) -> list[dict[str, Any]]:
@@ -163,8 +199,13 @@ class GameDataModule(L.LightningDataModule):
                 order = [order[0], order[-1]] if len(order) > 1 else order
             elif self.policy_select != "all":
                 raise ValueError(f"unknown sample selection {self.policy_select!r}")
-            out.append({"prompt": rec["prompt"], "responses": [rec["responses"][j] for j in order],
-                        "rm_scores": [rec["rm_scores"][j] for j in order]})
+            out.append(
+                {
+                    "prompt": rec["prompt"],
+                    "responses": [rec["responses"][j] for j in order],
+                    "rm_scores": [rec["rm_scores"][j] for j in order],
+                }
+            )
         return out
 
     def policy_items(self) -> list[dict]:
@@ -173,4 +214,3 @@ class GameDataModule(L.LightningDataModule):
             for it, ref in zip(items, self.policy_ref_logps):
                 it["ref_logps"] = ref
         return items
-

@@ -74,8 +74,14 @@ def build_task_data(
     n_test: int,
 ) -> GameData:
     """Disjoint prompt splits and their data, a pure function of the task and `seed`."""
-    sizes = dict(n_sft=n_sft, n_human_train=n_human_train, n_human_val=n_human_val, n_rm=n_rm,
-                 n_policy=n_policy, n_test=n_test)
+    sizes = dict(
+        n_sft=n_sft,
+        n_human_train=n_human_train,
+        n_human_val=n_human_val,
+        n_rm=n_rm,
+        n_policy=n_policy,
+        n_test=n_test,
+    )
     bad = {k: v for k, v in sizes.items() if v < 0 or (v == 0 and k != "n_sft")}
     if bad:
         raise ValueError(f"build_task_data: split sizes must be positive, got {bad}")

@@ -62,7 +62,9 @@ class PolicyModule(L.LightningModule):
 
     def set_objective(self, name: str, kwargs: dict[str, Any]) -> None:
         if name not in POLICY_OBJECTIVES:
-            raise ValueError(f"unknown policy objective {name!r}; known: {sorted(POLICY_OBJECTIVES)}")
+            raise ValueError(
+                f"unknown policy objective {name!r}; known: {sorted(POLICY_OBJECTIVES)}"
+            )
         self.objective_name, self.objective = name, POLICY_OBJECTIVES[name]
         self.objective_kwargs = dict(kwargs)
 
@@ -84,7 +86,12 @@ class PolicyModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logps, lengths = self._flat_logps(self.model, batch)
         loss, stats = self.objective.fn(
-            logps, batch.get("ref_logps"), batch["scores"], batch["mask"], lengths, **self.objective_kwargs
+            logps,
+            batch.get("ref_logps"),
+            batch["scores"],
+            batch["mask"],
+            lengths,
+            **self.objective_kwargs,
         )
         logs = {"loss": loss, **stats}
         bs = batch["input_ids"].shape[0]

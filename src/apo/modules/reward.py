@@ -50,13 +50,17 @@ class RewardModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if apo_loss not in ("ranking", "diff"):
-            raise ValueError(f"RewardModule: apo_loss must be 'ranking' or 'diff', got {apo_loss!r}")
+            raise ValueError(
+                f"RewardModule: apo_loss must be 'ranking' or 'diff', got {apo_loss!r}"
+            )
         if pooling not in POOLINGS:
             raise ValueError(f"RewardModule: pooling must be one of {POOLINGS}, got {pooling!r}")
         if pooling == "eos" and eos_token_id is None:
             raise ValueError("RewardModule: pooling 'eos' needs eos_token_id")
         if human_loss not in RM_LOSSES:
-            raise ValueError(f"RewardModule: unknown human_loss {human_loss!r}; known: {sorted(RM_LOSSES)}")
+            raise ValueError(
+                f"RewardModule: unknown human_loss {human_loss!r}; known: {sorted(RM_LOSSES)}"
+            )
         self.model = model
         self.optimizer_factory = optimizer
         self.kl_coeff, self.apo_coeff, self.apo_loss = kl_coeff, apo_coeff, apo_loss
@@ -100,8 +104,9 @@ class RewardModule(L.LightningModule):
             logs["loss_centering"] = loss_c
         if batch.get("apo") is not None and self.apo_coeff != 0:
             apo = batch["apo"]
-            loss_a = RM_LOSSES[self.apo_loss](self.listwise_rewards(apo), apo["scores"], apo["mask"],
-                                              margin=self.margin)
+            loss_a = RM_LOSSES[self.apo_loss](
+                self.listwise_rewards(apo), apo["scores"], apo["mask"], margin=self.margin
+            )
             loss = loss + (self.apo_coeff / self.samples_per_prompt) * loss_a
             logs["loss_apo"] = loss_a
         logs["loss"] = loss

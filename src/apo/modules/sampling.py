@@ -36,8 +36,13 @@ class _Stream:
 
     def step(self, token: torch.Tensor, att: torch.Tensor) -> None:
         self.pos = self.pos + 1
-        out = self.model(input_ids=token[:, None], attention_mask=att, position_ids=self.pos,
-                         past_key_values=self.past, use_cache=True)
+        out = self.model(
+            input_ids=token[:, None],
+            attention_mask=att,
+            position_ids=self.pos,
+            past_key_values=self.past,
+            use_cache=True,
+        )
         self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
 
 

@@ -31,7 +31,9 @@ class OracleTask(ABC):
 
     def __init__(self, annotator_beta: float = 8.0) -> None:
         if annotator_beta <= 0:
-            raise ValueError(f"{type(self).__name__}: annotator_beta must be > 0, got {annotator_beta}")
+            raise ValueError(
+                f"{type(self).__name__}: annotator_beta must be > 0, got {annotator_beta}"
+            )
         self.annotator_beta = annotator_beta
 
     @abstractmethod
