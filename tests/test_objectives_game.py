@@ -42,6 +42,8 @@ def test_one_round_per_objective(objective: str, mixture: float, tmp_path):
     assert len(changed) > len(before) // 2
     # the reference stays frozen whatever the objective
     assert all(torch.equal(v, ref_before[k]) for k, v in game.policy.ref_model.named_parameters())
+    lr = cfg.objective.get("lr") or cfg.policy.optimizer.lr
+    assert fit["lr"] == pytest.approx(lr)
     assert game.dm.policy_select == POLICY_OBJECTIVES[objective].selection(
         game.policy.objective_kwargs
     )

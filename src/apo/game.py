@@ -121,6 +121,7 @@ class GameLoop:
         trainer.fit(module, datamodule=self.dm)
         self.steps[player] += trainer.global_step
         self.last_fit[player] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        self.last_fit[player]["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
 
     def _timed(self, name: str, fn, *args, **kwargs):
         t0 = time.perf_counter()
@@ -179,8 +180,9 @@ class GameLoop:
                 )
         self.policy.snapshot_reference()
         obj = _plain(self.cfg.objective)
-        # the mixture weight changes how samples are drawn, not the loss
+        # the mixture weight changes how samples are drawn and `lr` the optimizer, not the loss
         self.policy.generation["mixture"] = float(obj.pop("mixture", 0.0) or 0.0)
+        self.policy.round_lr = obj.pop("lr", None)
         self.policy.set_objective(obj.pop("name"), obj)
 
     def play_round(self, r: int) -> None:

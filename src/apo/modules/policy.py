@@ -58,6 +58,8 @@ class PolicyModule(L.LightningModule):
         self.generation = dict(generation or {})
         self.samples_per_prompt = 1
         self.generation_seed = 0
+        #: learning rate of the round fits when the objective sets one (None = the optimizer's)
+        self.round_lr: float | None = None
         self.log_prefix = "policy/train"
 
     def set_objective(self, name: str, kwargs: dict[str, Any]) -> None:
@@ -148,4 +150,6 @@ class PolicyModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        if self.round_lr is not None and self.objective_name != "sft":
+            return self.optimizer_factory(params, lr=self.round_lr)
         return self.optimizer_factory(params)
