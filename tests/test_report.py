@@ -76,6 +76,13 @@ def test_mean_and_standard_error_by_hand():
     assert math.isnan(mean_se([0.4])[1]) and mean_se([])[2] == 0
 
 
+def test_settings_that_do_not_change_results_do_not_split_groups(tmp_path: Path):
+    d = _job(tmp_path / "s", 0, "0", 0)
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+        ["game.apo_coeff=0", "seed=0", "game.warm_start_cache=/x", "hydra.run.dir=/y"]))
+    assert find_jobs(tmp_path / "s")[0].group == "game.apo_coeff=0"
+
+
 def test_table_numbers(sweep: Path):
     table = metric_table(find_jobs(sweep), "policy/gold_reward")
     apo, base = table["game.apo_coeff=1.0 objective=rjs"], table["game.apo_coeff=0 objective=rjs"]

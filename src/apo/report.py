@@ -31,7 +31,8 @@ DEFAULT_METRICS = [
     "policy/kl",
     "policy/length",
 ]
-IGNORED_OVERRIDE_KEYS = ("seed", "hydra.", "run_dir", "+run_dir")
+#: overrides that do not change results: they never split a group
+IGNORED_OVERRIDE_KEYS = ("seed", "hydra.", "run_dir", "+run_dir", "game.warm_start_cache")
 
 
 @dataclass
@@ -243,21 +244,38 @@ def _save(fig, ax, path: Path, xlabel: str, ylabel: str, title: str = "") -> Pat
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=7)
+    # outside the axes: with a dozen groups an inside legend hides the curves
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path)
     return path
 
 
 def plot_metric(
-    table: dict[str, dict[int, tuple[float, float, int]]], metric: str, path: Path
+    table: dict[str, dict[int, tuple[float, float, int]]],
+    metric: str,
+    path: Path,
+    baseline: str = "",
 ) -> Path:
-    fig, ax = _figure()
+    """One line per group (mean ± s.e. band); baseline groups dashed, pairs share a colour."""
+    from matplotlib import colormaps
+
+    fig, ax = _figure(9.0, 4.2)
+    key = baseline.partition("=")[0]
+
+    def stem(group: str) -> str:
+        return " ".join(p for p in group.split(" ") if not (key and p.startswith(f"{key}=")))
+
+    stems = sorted({stem(g) for g in table})
+    colors = colormaps["tab10" if len(stems) <= 10 else "tab20"]
     for group, cells in table.items():
         rounds = sorted(cells)
         m = [cells[r][0] for r in rounds]
         se = [cells[r][1] if math.isfinite(cells[r][1]) else 0.0 for r in rounds]
-        line = ax.plot(rounds, m, marker="o", label=group)[0]
+        style = "--" if baseline and baseline in group.split(" ") else "-"
+        color = colors(stems.index(stem(group)) % colors.N)
+        line = ax.plot(rounds, m, style, marker="o", label=group, color=color)[0]
+        ax.set_xticks(rounds)
         ax.fill_between(
             rounds,
             [a - b for a, b in zip(m, se)],
@@ -353,7 +371,7 @@ def build_report(
         lines += [markdown_table(table, metric), ""]
         if metric in ("policy/gold_reward", "policy/test_rm_reward", "rm/onpolicy/acc"):
             name = metric.replace("/", "_") + ".png"
-            plot_metric(table, metric, out / name)
+            plot_metric(table, metric, out / name, baseline)
             lines += [f"![{metric}]({name})", ""]
     wins = win_rates(jobs, baseline)
     if wins:
