@@ -15,14 +15,15 @@ from omegaconf import DictConfig, OmegaConf
 from apo import warm_cache
 from apo.calibration import calibration_errors, preference_probs, reliability_diagram
 from apo.data.datamodule import GameDataModule
-from apo.data.game_data import build_task_data
+from apo.data.game_data import GameData
+from apo.data.sources import build_game_data, build_tokenizer, has_oracle
 from apo.distributed import is_global_zero, predict_gathered
 from apo.logger import GameTensorBoardLogger
 from apo.metrics import mean, pairwise_agreement, std
 from apo.modules.backbones import build_causal_lm, build_sequence_classifier
 from apo.modules.policy import PolicyModule
 from apo.modules.reward import RewardModule
-from apo.records import format_table, round_dir, write_json, write_jsonl
+from apo.records import format_table, read_jsonl, round_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,25 @@ SUMMARY_KEYS = [
     "policy/kl",
     "policy/length",
 ]
+#: the same without an oracle (file data): the test RM judges; win rate against last round
+SUMMARY_KEYS_NO_ORACLE = [
+    "rm/val/acc",
+    "rm/onpolicy/test_rm_acc",
+    "policy/test_rm_reward",
+    "policy/win_rate_vs_prev",
+    "policy/kl",
+    "policy/length",
+]
+#: oracle metric -> its test-RM counterpart (None: dropped) when there is no oracle
+NO_ORACLE_KEYS = {
+    "policy/gold_reward": "policy/test_rm_reward",
+    "policy/exact_match": None,
+    "rm/onpolicy/acc": "rm/onpolicy/test_rm_acc",
+    "rm/samples/acc": "rm/samples/test_rm_acc",
+    "game/samples_gold_reward": "game/samples_test_rm_reward",
+    "game/rm_best_gold_reward": "game/rm_best_test_rm_reward",
+    "game/oracle_best_gold_reward": "game/best_test_rm_reward",
+}
 
 
 def _plain(node: Any) -> Any:
@@ -51,8 +71,12 @@ class GameLoop:
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
         self.task = instantiate(cfg.task)
-        self.tokenizer = self.task.build_tokenizer()
-        data = build_task_data(self.task, seed=cfg.seed, **_plain(cfg.data.sizes))
+        data = build_game_data(cfg, self.task)
+        #: the oracle judges the policy when the data comes from a task; else the test RM does
+        self.oracle = self.task if has_oracle(cfg) else None
+        self.test_rm: RewardModule | None = None
+        self._prev_test_judge: dict[str, float] | None = None
+        self.tokenizer = build_tokenizer(cfg, self.task, data)
         bs = {
             "sft": cfg.policy.sft_batch_size,
             "policy": cfg.policy.batch_size,
@@ -93,14 +117,17 @@ class GameLoop:
         self.timings: dict[str, float] = {}
 
     # ---- trainers -------------------------------------------------------------------------
-    def make_trainer(self, player: str, stage: str | None) -> L.Trainer:
+    def make_trainer(
+        self, player: str, stage: str | None, settings: dict[str, Any] | None = None
+    ) -> L.Trainer:
         """A fresh Trainer for `player`; `stage` (`warmup` / `round`) adds that fit's settings,
-        None makes a prediction Trainer."""
+        None makes a prediction Trainer; `settings` are further Trainer arguments."""
         from apo.strategies import build_strategy
 
         tcfg = dict(_plain(self.cfg.trainer))
         if stage is not None:
             tcfg.update(_plain(self.cfg[player][stage]))
+        tcfg.update(settings or {})
         scfg = self.cfg.get(f"{player}_strategy") or self.cfg.strategy
         strategy, devices = build_strategy(scfg)
         if tcfg.get("devices") is None:
@@ -139,7 +166,7 @@ class GameLoop:
         for r in range(1, self.cfg.game.rounds + 1):
             self.play_round(r)
         self.logger.close()
-        table = format_table(self.summary, SUMMARY_KEYS)
+        table = format_table(self.summary, self.summary_keys)
         if is_global_zero():
             log.info(
                 "APO game finished in %.1f s; run dir %s\n%s",
@@ -220,7 +247,8 @@ class GameLoop:
             )
             for rec, s in zip(recs, scored):
                 rec["rm_scores"] = s["rewards"]
-                rec["oracle"] = [self.task.reward(rec["prompt"], t) for t in rec["texts"]]
+            for rec, j in zip(recs, self.judge(recs)):
+                rec["oracle"] = j
 
     def reference_logps(self) -> None:
         """Reference log-likelihoods of the samples the objective uses, once per round."""
@@ -231,6 +259,126 @@ class GameLoop:
             self.dm.listwise_loader(items, "ref_logps"),
         )
         self.dm.policy_ref_logps = [rec["ref_logps"] for rec in recs]
+
+    # ---- the judge: the oracle, or a test RM trained once on pairs kept out of the game ---------
+    @property
+    def summary_keys(self) -> list[str]:
+        return SUMMARY_KEYS if self.oracle is not None else SUMMARY_KEYS_NO_ORACLE
+
+    @property
+    def judge_key(self) -> str:
+        """The per-sample judge score's name in the round files."""
+        return "oracle_reward" if self.oracle is not None else "test_rm_score"
+
+    def judge(self, recs: list[dict[str, Any]]) -> list[list[float]]:
+        """Judge scores of sample records (`prompt`, `texts`, `responses`): the oracle reward,
+        or without one the test RM's score."""
+        if self.oracle is not None:
+            return [[self.oracle.reward(rec["prompt"], t) for t in rec["texts"]] for rec in recs]
+        test_rm = self.ensure_test_rm()
+        items = self.dm.sample_items(recs)
+        out = predict_gathered(
+            self.make_trainer("rm", None), test_rm, self.dm.listwise_loader(items, "score")
+        )
+        return [o["rewards"] for o in out]
+
+    def ensure_test_rm(self) -> RewardModule:
+        """The test RM: loaded from `<run_dir>/test_rm` if a run already trained it, else fitted
+        on `data.test_rm_pairs` (the RM backbone with `data.test_rm.backbone` overrides, the RM
+        optimizer, Trainer settings from `data.test_rm`) and saved there."""
+        if self.test_rm is not None:
+            return self.test_rm
+        from transformers import AutoModelForSequenceClassification
+
+        tcfg = dict(_plain(self.cfg.data.get("test_rm")) or {})
+        backbone = OmegaConf.merge(self.cfg.rm.backbone, tcfg.pop("backbone", None) or {})
+        out = self.run_dir / "test_rm"
+        t0 = time.perf_counter()
+        if (out / "config.json").exists():
+            model = AutoModelForSequenceClassification.from_pretrained(str(out))
+            fitted = False
+        else:
+            model = build_sequence_classifier(
+                instantiate(backbone), self.tokenizer, self.cfg.seed + 2
+            )
+            fitted = True
+        self.test_rm = RewardModule(
+            model=model,
+            optimizer=instantiate(self.cfg.rm.optimizer),
+            apo_coeff=0.0,
+            pooling=self.cfg.rm.pooling,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        data = self.dm.data
+        if fitted:
+            if not data.test_rm_pairs:
+                raise ValueError(
+                    "no preference pairs are left for the test RM; lower data.sizes so that "
+                    "the sft/rm/policy/test/test_rm parts hold pairs"
+                )
+            held_out = GameData([], data.test_rm_pairs, [], [], {}, [], [])
+            dm = GameDataModule(
+                held_out,
+                self.tokenizer,
+                self.dm.batch_size,
+                self.dm.enc.max_prompt_len,
+                self.dm.enc.max_len,
+                seed=self.cfg.seed,
+            )
+            dm.phase = "rm"
+            self.test_rm.log_prefix = "test_rm/train"
+            self.make_trainer("rm", None, tcfg).fit(self.test_rm, datamodule=dm)
+            if is_global_zero():
+                model.save_pretrained(str(out))
+                self.tokenizer.save_pretrained(str(out))
+        val = predict_gathered(
+            self.make_trainer("rm", None),
+            self.test_rm,
+            self.dm.listwise_loader(self.dm.human_items(data.human_val), "score"),
+        )
+        data.meta["test_rm_pairs"] = len(data.test_rm_pairs)
+        data.meta["test_rm_val_acc"] = pairwise_agreement(
+            [v["rewards"] for v in val], [it.scores for it in data.human_val]
+        )
+        data.meta["test_rm_fit_s" if fitted else "test_rm_load_s"] = time.perf_counter() - t0
+        log.info(
+            "test RM %s: accuracy %.3f on the %d held-out human pairs",
+            "fitted" if fitted else f"loaded from {out}",
+            data.meta["test_rm_val_acc"],
+            len(data.human_val),
+        )
+        return self.test_rm
+
+    def _test_rm_metrics(
+        self, r: int, m: dict[str, Any], test: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Oracle metric names become test-RM ones; add the win rate of this round's test samples
+        against last round's (per prompt, mean test-RM score; ties count half)."""
+        out = {}
+        for k, v in m.items():
+            name = NO_ORACLE_KEYS.get(k, k)
+            if name is not None:
+                out[name] = v
+        now = {rec["prompt"]: mean(rec["oracle"]) for rec in test}
+        prev = self._prev_test_judge
+        if prev is None and r > 0:
+            prev = self._judge_from_file(r - 1)
+        if prev:
+            shared = [p for p in now if p in prev]
+            wins = [1.0 if now[p] > prev[p] else 0.5 if now[p] == prev[p] else 0.0 for p in shared]
+            out["policy/win_rate_vs_prev"] = mean(wins)
+        self._prev_test_judge = now
+        return out
+
+    def _judge_from_file(self, r: int) -> dict[str, float] | None:
+        """Per prompt mean test-RM score of round `r`'s written test samples (after a resume)."""
+        path = round_dir(self.run_dir, r) / "eval_samples.jsonl"
+        if not path.exists():
+            return None
+        scores: dict[str, list[float]] = {}
+        for row in read_jsonl(path):
+            scores.setdefault(row["prompt"], []).append(float(row[self.judge_key]))
+        return {p: mean(v) for p, v in scores.items()}
 
     # ---- evaluation and records -------------------------------------------------------------
     def evaluate(self, r: int) -> dict[str, Any]:
@@ -256,23 +404,19 @@ class GameLoop:
             self.rm,
             self.dm.listwise_loader(self.dm.human_items(data.human_val), "score"),
         )
-        for rec, lps, sc in zip(test, lp, scores):
-            rec["rm_scores"], rec["logps"], rec["ref_logps"] = (
+        for rec, lps, sc, j in zip(test, lp, scores, self.judge(test)):
+            rec["rm_scores"], rec["logps"], rec["ref_logps"], rec["oracle"] = (
                 sc["rewards"],
                 lps["logps"],
                 lps["ref_logps"],
+                j,
             )
-            rec["oracle"] = [self.task.reward(rec["prompt"], t) for t in rec["texts"]]
         val_rewards = [v["rewards"] for v in val]
         calib = self._calibration(val_rewards, [it.scores for it in data.human_val])
         flat = lambda key: [x for rec in test for x in rec[key]]  # noqa: E731
-        val_oracle = [
-            [self.task.reward(it.prompt, y) for y in it.responses] for it in data.human_val
-        ]
         m: dict[str, Any] = {
             "round": r,
             "rm/val/acc": pairwise_agreement(val_rewards, [it.scores for it in data.human_val]),
-            "rm/val/oracle_acc": pairwise_agreement(val_rewards, val_oracle),
             **{f"rm/val/{k}": float(calib[k]) for k in ("ece", "ace", "mce")},
             "rm/val/reward_mean": mean([x for r in val_rewards for x in r]),
             "rm/val/reward_std": std([x for r in val_rewards for x in r]),
@@ -287,6 +431,13 @@ class GameLoop:
         }
         if r > 0:
             m.update(self._sample_metrics())
+        if self.oracle is not None:
+            val_oracle = [
+                [self.oracle.reward(it.prompt, y) for y in it.responses] for it in data.human_val
+            ]
+            m["rm/val/oracle_acc"] = pairwise_agreement(val_rewards, val_oracle)
+        else:
+            m = self._test_rm_metrics(r, m, test)
         m.update(self.timings)
         self.timings = {}
         m["time/evaluate_s"] = time.perf_counter() - t0
@@ -302,7 +453,9 @@ class GameLoop:
                 round_dir(self.run_dir, r) / "calibration.json",
                 {k: v.tolist() if hasattr(v, "tolist") else v for k, v in calib.items()},
             )
-            log.info("round %d: %s", r, "  ".join(f"{k}={m[k]:.4f}" for k in SUMMARY_KEYS))
+            log.info(
+                "round %d: %s", r, "  ".join(f"{k}={m[k]:.4f}" for k in self.summary_keys if k in m)
+            )
             self._write_round(r, m, test)
         return m
 
@@ -340,7 +493,7 @@ class GameLoop:
                 "sample": j,
                 "response": t,
                 "rm_score": rec["rm_scores"][j],
-                "oracle_reward": rec["oracle"][j],
+                self.judge_key: rec["oracle"][j],
                 **(
                     {"logp": rec["logps"][j], "ref_logp": rec["ref_logps"][j]}
                     if "logps" in rec
@@ -369,7 +522,8 @@ class GameLoop:
             f"| `{rec['prompt']}` | `{rec['texts'][0]}` | {rec['oracle'][0]:.2f} | {rec['rm_scores'][0]:.2f} |"
             for rec in test[:n]
         )
-        text = "| prompt | response | oracle | RM |\n|---|---|---|---|\n" + shown
+        judge = "oracle" if self.oracle is not None else "test RM"
+        text = f"| prompt | response | {judge} | RM |\n|---|---|---|---|\n" + shown
         self.logger.log_round(
             {k: v for k, v in metrics.items() if k != "round"}, r, {"policy/samples": text}
         )

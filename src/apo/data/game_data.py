@@ -23,7 +23,8 @@ class GameData:
 
     `human_*` are the preference data D_P (the RM's anchor); `rm_prompts` with `golden` are the
     APO split; `policy_prompts` are the prompts the policy is aligned on; `test_prompts` are held
-    out for evaluation only.
+    out for evaluation only. `test_rm_pairs` are preference pairs kept out of the game, on which
+    file data trains the separate test RM that judges the policy where there is no oracle.
     """
 
     sft: list[tuple[str, str]]
@@ -34,6 +35,7 @@ class GameData:
     policy_prompts: list[str]
     test_prompts: list[str]
     meta: dict[str, float] = field(default_factory=dict)
+    test_rm_pairs: list[ListwiseItem] = field(default_factory=list)
 
 
 def _unique_prompts(task: OracleTask, n: int, rng: random.Random) -> list[str]:
