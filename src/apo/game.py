@@ -18,9 +18,10 @@ from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
 from apo.data.sources import build_game_data, build_tokenizer, has_oracle
 from apo.distributed import is_global_zero, predict_gathered
+from apo.export import save_player
 from apo.logger import GameTensorBoardLogger
 from apo.metrics import mean, pairwise_agreement, std
-from apo.modules.backbones import build_causal_lm, build_sequence_classifier
+from apo.modules.backbones import build_player, build_sequence_classifier
 from apo.modules.policy import PolicyModule
 from apo.modules.reward import RewardModule
 from apo.records import format_table, read_jsonl, round_dir, write_json, write_jsonl
@@ -60,6 +61,14 @@ def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
+def _prompt_format(player_cfg: DictConfig) -> dict[str, str | None]:
+    return {k: player_cfg.get(k) for k in ("prompt_template", "separator")}
+
+
+def _max_new_tokens(cfg: DictConfig) -> int:
+    return int((cfg.policy.get("generation") or {}).get("max_new_tokens", 32))
+
+
 class GameLoop:
     """One APO game, built from a composed Hydra config (see `configs/train.yaml`).
 
@@ -84,20 +93,41 @@ class GameLoop:
             "apo": cfg.rm.apo_batch_size,
             "predict": cfg.data.predict_batch_size,
         }
+        # each player: a tiny model from `backbone` with the task's tokenizer, or a checkpoint
+        # directory (`model_name_or_path`) with its own tokenizer
+        task_tokenizer = self.tokenizer
+        positions = max(cfg.data.max_len, cfg.data.max_prompt_len + _max_new_tokens(cfg))
+        policy_model, self.tokenizer = build_player(
+            "policy", cfg.policy, cfg.seed, task_tokenizer, positions=positions
+        )
+        same = cfg.rm.get("model_name_or_path") == cfg.policy.get("model_name_or_path")
+        rm_model, self.rm_tokenizer = build_player(
+            "rm",
+            cfg.rm,
+            cfg.seed + 1,
+            self.tokenizer if same else task_tokenizer,
+            own_tokenizer=not same,
+            positions=cfg.data.max_len,
+        )
         self.dm = GameDataModule(
-            data, self.tokenizer, bs, cfg.data.max_prompt_len, cfg.data.max_len, seed=cfg.seed
+            data,
+            self.tokenizer,
+            bs,
+            cfg.data.max_prompt_len,
+            cfg.data.max_len,
+            seed=cfg.seed,
+            rm_tokenizer=self.rm_tokenizer,
+            prompt_format={p: _prompt_format(cfg[p]) for p in ("policy", "rm")},
         )
         g = cfg.game
         self.policy = PolicyModule(
-            model=build_causal_lm(instantiate(cfg.policy.backbone), self.tokenizer, cfg.seed),
+            model=policy_model,
             optimizer=instantiate(cfg.policy.optimizer),
             objective="sft",
             generation=_plain(cfg.policy.generation),
         )
         self.rm = RewardModule(
-            model=build_sequence_classifier(
-                instantiate(cfg.rm.backbone), self.tokenizer, cfg.seed + 1
-            ),
+            model=rm_model,
             optimizer=instantiate(cfg.rm.optimizer),
             kl_coeff=g.rm_kl_coeff,
             apo_coeff=g.apo_coeff,
@@ -107,7 +137,7 @@ class GameLoop:
             human_loss=g.rm_loss,
             margin=g.rm_margin,
             centering_coeff=g.rm_centering_coeff,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.rm_tokenizer.eos_token_id,
         )
         self.logger = GameTensorBoardLogger(str(self.run_dir))
         self.steps = {"rm": 0, "policy": 0}
@@ -242,9 +272,8 @@ class GameLoop:
         """The re-trained RM scores this round's samples of both splits."""
         trainer = self.make_trainer("rm", None)
         for recs in self.dm.samples.values():
-            scored = predict_gathered(
-                trainer, self.rm, self.dm.listwise_loader(self.dm.sample_items(recs), "score")
-            )
+            items = self.dm.sample_items(recs, "rm")
+            scored = predict_gathered(trainer, self.rm, self.dm.listwise_loader(items, "score"))
             for rec, s in zip(recs, scored):
                 rec["rm_scores"] = s["rewards"]
             for rec, j in zip(recs, self.judge(recs)):
@@ -398,11 +427,15 @@ class GameLoop:
             self.make_trainer("policy", None), self.policy, self.dm.listwise_loader(items, "logps")
         )
         rm_trainer = self.make_trainer("rm", None)
-        scores = predict_gathered(rm_trainer, self.rm, self.dm.listwise_loader(items, "score"))
+        scores = predict_gathered(
+            rm_trainer,
+            self.rm,
+            self.dm.listwise_loader(self.dm.sample_items(test, "rm"), "score"),
+        )
         val = predict_gathered(
             rm_trainer,
             self.rm,
-            self.dm.listwise_loader(self.dm.human_items(data.human_val), "score"),
+            self.dm.listwise_loader(self.dm.human_items(data.human_val, "rm"), "score"),
         )
         for rec, lps, sc, j in zip(test, lp, scores, self.judge(test)):
             rec["rm_scores"], rec["logps"], rec["ref_logps"], rec["oracle"] = (
@@ -510,10 +543,14 @@ class GameLoop:
             )
         write_jsonl(d / "eval_samples.jsonl", rows(test, "test"))
         write_json(d / "metrics.json", metrics)
-        if self.cfg.game.save_weights:
-            for name, module in (("policy", self.policy), ("rm", self.rm)):
-                module.model.save_pretrained(str(d / name))
-                self.tokenizer.save_pretrained(str(d / name))
+        # plain transformers checkpoints: every round's with `save_weights`, and the final one
+        players = {"policy": (self.policy, self.tokenizer), "rm": (self.rm, self.rm_tokenizer)}
+        for name, (module, tokenizer) in players.items():
+            dirs = [d / name] if self.cfg.game.save_weights else []
+            if r == self.cfg.game.rounds:
+                dirs.append(self.run_dir / "final" / name)
+            for out in dirs:
+                save_player(module.model, tokenizer, out)
         write_json(
             self.run_dir / "summary.json", {"rounds": self.summary, "data": self.dm.data.meta}
         )

@@ -40,15 +40,31 @@ KEY_PATHS = (
     "game.rm_margin",
     "game.rm_centering_coeff",
 )
+#: player settings that change the warm start but enter the key only when set (off/null), so the
+#: keys of caches written before they existed stay the same
+OPTIONAL_KEY_PATHS = tuple(
+    f"{player}.{name}"
+    for player in ("policy", "rm")
+    for name in ("model_name_or_path", "trust_remote_code", "prompt_template", "separator", "lora")
+)
+
+
+def _is_unset(value: Any) -> bool:
+    return value in (None, False) or (isinstance(value, dict) and value.get("r") is None)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def warm_start_key(cfg: DictConfig) -> str:
     picked: dict[str, Any] = {}
     for path in KEY_PATHS:
-        node = OmegaConf.select(cfg, path, default=None)
-        picked[path] = (
-            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-        )
+        picked[path] = _plain(OmegaConf.select(cfg, path, default=None))
+    for path in OPTIONAL_KEY_PATHS:
+        value = _plain(OmegaConf.select(cfg, path, default=None))
+        if not _is_unset(value):
+            picked[path] = value
     blob = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

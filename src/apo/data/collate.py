@@ -23,22 +23,44 @@ class ListDataset(Dataset):
 
 
 class Encoder:
-    """Turns prompt and response texts into token ids: `[bos] prompt` and `response [eos]`."""
+    """Turns prompt and response texts into token ids: `[bos] prompt [separator]` and
+    `response [eos]`.
+
+    `prompt_template` (e.g. `"Human: {prompt}\n\nAssistant:"`) wraps each prompt text before
+    encoding (`{prompt}` is replaced; other braces stay as they are); `separator` is text encoded
+    after the prompt, e.g. a special token of the tokenizer, kept even when the prompt is truncated.
+    """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, max_prompt_len: int, max_len: int
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_prompt_len: int,
+        max_len: int,
+        prompt_template: str | None = None,
+        separator: str | None = None,
     ) -> None:
         self.tok = tokenizer
         self.max_prompt_len, self.max_len = max_prompt_len, max_len
         for name in ("pad_token_id", "eos_token_id"):
             if getattr(tokenizer, name) is None:
                 raise ValueError(f"the tokenizer has no {name[:-3]} token; set one in its config")
+        if prompt_template is not None and "{prompt}" not in prompt_template:
+            raise ValueError(f"prompt_template {prompt_template!r} has no {{prompt}} placeholder")
+        self.prompt_template = prompt_template
+        self.sep_ids = (
+            tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
+        )
+        self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        if max_prompt_len - len(self.bos) - len(self.sep_ids) < 1:
+            raise ValueError(f"max_prompt_len={max_prompt_len} leaves no room for the prompt text")
 
     def prompt(self, text: str) -> list[int]:
+        if self.prompt_template is not None:
+            text = self.prompt_template.replace("{prompt}", text)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
         # Left truncation keeps the end of the prompt, where the question is.
-        return bos + ids[-(self.max_prompt_len - len(bos)) :]
+        budget = self.max_prompt_len - len(self.bos) - len(self.sep_ids)
+        return self.bos + ids[-budget:] + self.sep_ids
 
     def response(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
@@ -87,11 +109,13 @@ class PromptCollator:
 
 
 class ListwiseCollator:
-    """Items `{"index", "prompt_len", "seqs": [k lists], "scores": [k], "ref_logps"?: [k]}` ->
+    """Items `{"index", "prompt_len", "seqs": [k lists], "scores": [k], "ref_logps"?: [k],
+    "pad_id"?}` ->
 
     `input_ids, attention_mask, loss_mask [B, k, T]` (loss_mask marks response tokens),
     `scores, mask [B, k]`, `ref_logps [B, k]` when the items carry them. Items with fewer than
-    `k_max` sequences are padded with masked-out empty rows.
+    `k_max` sequences are padded with masked-out empty rows. Padding uses the items' own `pad_id`
+    (that of the tokenizer that encoded them) when they carry one.
     """
 
     def __init__(self, pad_id: int, op: str = "train") -> None:
@@ -101,7 +125,8 @@ class ListwiseCollator:
         k = max(len(it["seqs"]) for it in items)
         width = max(len(s) for it in items for s in it["seqs"])
         B = len(items)
-        ids = torch.full((B, k, width), self.pad_id, dtype=torch.long)
+        pad_id = items[0].get("pad_id", self.pad_id)
+        ids = torch.full((B, k, width), pad_id, dtype=torch.long)
         att = torch.zeros((B, k, width), dtype=torch.long)
         loss_mask = torch.zeros((B, k, width), dtype=torch.long)
         scores = torch.zeros((B, k), dtype=torch.float32)

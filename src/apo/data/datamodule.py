@@ -23,12 +23,20 @@ class GameDataModule(L.LightningDataModule):
     per prompt of the RM and policy splits, generated through a Trainer (sharded over ranks and
     gathered, so every rank holds the same samples); `score` attaches RM scores to them.
 
+    Each player's items are encoded with that player's tokenizer (`player="policy"` or `"rm"` in
+    the item builders; the default is the policy's). Texts are the interface between the players:
+    when the RM has its own tokenizer, the policy's sampled ids are decoded and the RM re-encodes
+    the text; when both share one tokenizer object, the RM reads the sampled ids directly.
+
     Args:
         data: the game's fixed data.
-        tokenizer: shared by both players.
+        tokenizer: the policy's tokenizer (and the RM's, unless `rm_tokenizer` is given).
         batch_size: per-phase batch sizes, keys `sft`, `rm`, `apo`, `policy`, `predict`.
         max_prompt_len, max_len: token budgets (prompts are truncated on the left).
         seed: shuffling seed.
+        rm_tokenizer: the RM's tokenizer when it differs from the policy's.
+        prompt_format: per player (`policy`, `rm`), `Encoder` settings `prompt_template` and
+            `separator`.
     """
 
     def __init__(
@@ -40,10 +48,20 @@ class GameDataModule(L.LightningDataModule):
         max_len: int = 128,
         seed: int = 0,
         num_workers: int = 0,
+        rm_tokenizer: PreTrainedTokenizerBase | None = None,
+        prompt_format: dict[str, dict[str, str | None]] | None = None,
     ) -> None:
         super().__init__()
         self.data, self.tokenizer = data, tokenizer
-        self.enc = Encoder(tokenizer, max_prompt_len, max_len)
+        tokenizers = {"policy": tokenizer, "rm": rm_tokenizer or tokenizer}
+        fmt = prompt_format or {}
+        self.encoders = {
+            player: Encoder(tok, max_prompt_len, max_len, **(fmt.get(player) or {}))
+            for player, tok in tokenizers.items()
+        }
+        self.enc = self.encoders["policy"]
+        #: the RM reads the policy's sampled ids as they are (else it re-encodes their text)
+        self.shared_tokenizer = tokenizers["rm"] is tokenizer
         self.batch_size = dict(batch_size)
         self.seed, self.num_workers = seed, num_workers
         self.phase = "sft"
@@ -52,29 +70,63 @@ class GameDataModule(L.LightningDataModule):
         self.policy_ref_logps: list[list[float]] | None = None
         #: split -> one record per prompt: prompt, prompt_ids, responses (ids), texts, rm_scores
         self.samples: dict[str, list[dict[str, Any]]] = {}
-        self._prompt_ids: dict[str, list[int]] = {}
+        self._prompt_ids: dict[tuple[str, str], list[int]] = {}
 
     # ---- encoding ---------------------------------------------------------------------------
-    def prompt_ids(self, prompt: str) -> list[int]:
-        if prompt not in self._prompt_ids:
-            self._prompt_ids[prompt] = self.enc.prompt(prompt)
-        return self._prompt_ids[prompt]
+    def prompt_ids(self, prompt: str, player: str = "policy") -> list[int]:
+        key = (player, prompt)
+        if key not in self._prompt_ids:
+            self._prompt_ids[key] = self.encoders[player].prompt(prompt)
+        return self._prompt_ids[key]
 
-    def text_item(self, index: int, prompt: str, responses: list[str], scores: list[float]) -> dict:
-        p = self.prompt_ids(prompt)
-        seqs = [self.enc.sequence(p, self.enc.response(r)) for r in responses]
-        return {"index": index, "prompt_len": len(p), "seqs": seqs, "scores": scores}
+    def text_item(
+        self,
+        index: int,
+        prompt: str,
+        responses: list[str],
+        scores: list[float],
+        player: str = "policy",
+    ) -> dict:
+        enc = self.encoders[player]
+        p = self.prompt_ids(prompt, player)
+        seqs = [enc.sequence(p, enc.response(r)) for r in responses]
+        return {
+            "index": index,
+            "prompt_len": len(p),
+            "seqs": seqs,
+            "scores": scores,
+            "pad_id": enc.tok.pad_token_id,
+        }
 
     def ids_item(
-        self, index: int, prompt: str, responses: list[list[int]], scores: list[float]
+        self,
+        index: int,
+        prompt: str,
+        responses: list[list[int]],
+        scores: list[float],
+        player: str = "policy",
     ) -> dict:
-        p = self.prompt_ids(prompt)
-        eos = self.tokenizer.eos_token_id
-        seqs = [self.enc.sequence(p, r + [eos]) for r in responses]
-        return {"index": index, "prompt_len": len(p), "seqs": seqs, "scores": scores}
+        """An item over the policy's sampled token ids, for `player`."""
+        if player != "policy" and not self.shared_tokenizer:
+            texts = [self.enc.decode(r) for r in responses]
+            return self.text_item(index, prompt, texts, scores, player)
+        enc = self.encoders[player]
+        p = self.prompt_ids(prompt, player)
+        eos = enc.tok.eos_token_id
+        seqs = [enc.sequence(p, r + [eos]) for r in responses]
+        return {
+            "index": index,
+            "prompt_len": len(p),
+            "seqs": seqs,
+            "scores": scores,
+            "pad_id": enc.tok.pad_token_id,
+        }
 
-    def human_items(self, items: list[ListwiseItem]) -> list[dict]:
-        return [self.text_item(i, it.prompt, it.responses, it.scores) for i, it in enumerate(items)]
+    def human_items(self, items: list[ListwiseItem], player: str = "policy") -> list[dict]:
+        return [
+            self.text_item(i, it.prompt, it.responses, it.scores, player)
+            for i, it in enumerate(items)
+        ]
 
     # ---- loaders ------------------------------------------------------------------------------
     def _loader(self, items: list, batch_size: int, collate, shuffle: bool) -> DataLoader:
@@ -107,7 +159,7 @@ class GameDataModule(L.LightningDataModule):
         if self.phase == "rm":
             loaders = {
                 "human": self.listwise_loader(
-                    self.human_items(self.data.human_train),
+                    self.human_items(self.data.human_train, "rm"),
                     "train",
                     self.batch_size["rm"],
                     shuffle=True,
@@ -156,14 +208,16 @@ class GameDataModule(L.LightningDataModule):
             for p, r in zip(prompts, recs)
         ]
 
-    def sample_items(self, records: list[dict[str, Any]]) -> list[dict]:
-        """Listwise items over the samples of each record (scores = RM scores when present)."""
+    def sample_items(self, records: list[dict[str, Any]], player: str = "policy") -> list[dict]:
+        """`player`'s listwise items over the samples of each record (scores = RM scores when
+        present)."""
         return [
             self.ids_item(
                 i,
                 rec["prompt"],
                 rec["responses"],
                 rec.get("rm_scores", [0.0] * len(rec["responses"])),
+                player,
             )
             for i, rec in enumerate(records)
         ]
@@ -171,21 +225,13 @@ class GameDataModule(L.LightningDataModule):
     def apo_items(self) -> list[dict]:
         """`[golden, sample_1..K]` per RM-split prompt, scores `[1, 0..0]` (APO Eq. 8 data)."""
         items = []
+        enc = self.encoders["rm"]
         for i, rec in enumerate(self.samples["rm"]):
-            gold = self.enc.response(self.data.golden[rec["prompt"]])
-            p = self.prompt_ids(rec["prompt"])
-            eos = self.tokenizer.eos_token_id
-            seqs = [self.enc.sequence(p, gold)] + [
-                self.enc.sequence(p, r + [eos]) for r in rec["responses"]
-            ]
-            items.append(
-                {
-                    "index": i,
-                    "prompt_len": len(p),
-                    "seqs": seqs,
-                    "scores": [1.0] + [0.0] * len(rec["responses"]),
-                }
-            )
+            item = self.ids_item(i, rec["prompt"], rec["responses"], [], "rm")
+            gold = enc.response(self.data.golden[rec["prompt"]])
+            item["seqs"] = [enc.sequence(self.prompt_ids(rec["prompt"], "rm"), gold)] + item["seqs"]
+            item["scores"] = [1.0] + [0.0] * len(rec["responses"])
+            items.append(item)
         return items
 
     def select_policy_samples(self) -> list[dict[str, Any]]:
