@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -358,8 +360,12 @@ class GameLoop:
             self.test_rm.log_prefix = "test_rm/train"
             self.make_trainer("rm", None, tcfg).fit(self.test_rm, datamodule=dm)
             if is_global_zero():
-                model.save_pretrained(str(out))
-                self.tokenizer.save_pretrained(str(out))
+                # written beside and renamed, so a killed run never leaves a half-saved test RM
+                tmp = out.with_name(f".{out.name}.tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                model.save_pretrained(str(tmp))
+                self.tokenizer.save_pretrained(str(tmp))
+                os.replace(tmp, out)
         val = predict_gathered(
             self.make_trainer("rm", None),
             self.test_rm,

@@ -22,15 +22,26 @@ import yaml
 
 from apo.records import read_jsonl
 
-#: metrics tabulated by default, in this order; missing ones are skipped
+#: metrics tabulated by default, in this order; missing ones are skipped (games on file data
+#: have no oracle: the test RM's `policy/test_rm_reward` stands in for `policy/gold_reward`)
 DEFAULT_METRICS = [
     "policy/gold_reward",
+    "policy/test_rm_reward",
+    "policy/win_rate_vs_prev",
     "rm/onpolicy/acc",
+    "rm/onpolicy/test_rm_acc",
     "rm/val/acc",
     "rm/val/ece",
     "policy/kl",
     "policy/length",
 ]
+#: metrics that also get a plot over rounds
+PLOTTED = (
+    "policy/gold_reward",
+    "policy/test_rm_reward",
+    "rm/onpolicy/acc",
+    "rm/onpolicy/test_rm_acc",
+)
 #: overrides that do not change results: they never split a group
 IGNORED_OVERRIDE_KEYS = ("seed", "hydra.", "run_dir", "+run_dir", "game.warm_start_cache")
 
@@ -369,7 +380,7 @@ def build_report(
         if not table:
             continue
         lines += [markdown_table(table, metric), ""]
-        if metric in ("policy/gold_reward", "policy/test_rm_reward", "rm/onpolicy/acc"):
+        if metric in PLOTTED:
             name = metric.replace("/", "_") + ".png"
             plot_metric(table, metric, out / name, baseline)
             lines += [f"![{metric}]({name})", ""]
@@ -377,7 +388,7 @@ def build_report(
     if wins:
         lines += [
             f"**Win rate of the final policy against `{baseline}`** (same seed, same held-out "
-            "prompts, judged by the oracle; ties count half)",
+            "prompts, judged by the oracle, or by the test RM where there is none; ties count half)",
             "",
             "| group | win rate | seed pairs |",
             "|---|---|---|",

@@ -28,6 +28,7 @@ from apo.data.adapters import (
     load_sharegpt,
     split_prompts,
 )
+from apo.data.adapters.jsonio import read_records
 from apo.data.game_data import GameData, ListwiseItem, build_task_data
 from apo.data.text_tokenizer import train_bpe_tokenizer
 
@@ -115,12 +116,10 @@ def _golden_files(d: DictConfig) -> dict[str, str] | None:
         )
     golden = load_golden(golden_path)
     out: dict[str, str] = {}
-    for rec in load_samples(queries_path):
+    for (where, _), rec in zip(read_records(queries_path), load_samples(queries_path)):
         if rec["query_id"] not in golden:
-            raise DataFormatError(
-                queries_path,
-                f"query_id {rec['query_id']!r} has no golden answer in {golden_path}",
-                field="query_id",
+            raise where.error(
+                f"query_id {rec['query_id']!r} has no golden answer in {golden_path}", "query_id"
             )
         out[rec["query"]] = golden[rec["query_id"]]
     return out
