@@ -29,6 +29,7 @@ from transformers import (
 
 from apo.data.collate import Encoder
 from apo.game import SUMMARY_KEYS, GameLoop
+from apo.modules.backbones import checkpoint_dir, load_sequence_classifier, load_tokenizer
 from apo.tasks import SortTask
 from apo.train import quiet_libraries
 from tests.conftest import compose_cfg
@@ -184,6 +185,23 @@ def test_game_plays_from_a_local_checkpoint(llama_game: GameLoop, llama_dir: Pat
 
 def test_export_reloads_with_plain_transformers(llama_game: GameLoop):
     _reload_matches_module(llama_game, "93521=", ["12359", "1", "9532111"])
+    # an exported RM is a one-label classifier checkpoint: a next game loads it, head and all
+    d = llama_game.run_dir / "final" / "rm"
+    rm = load_sequence_classifier(d, load_tokenizer(d, "rm.x"), "rm.x", seed=123)
+    torch.testing.assert_close(rm.score.weight, llama_game.rm.model.score.weight)
+
+
+def test_checkpoint_errors_name_key_and_path(tmp_path: Path, llama_dir: Path):
+    two = tmp_path / "two-labels"
+    cfg = LlamaConfig.from_pretrained(str(llama_dir))
+    cfg.num_labels = 2
+    AutoModelForSequenceClassification.from_config(cfg).save_pretrained(str(two))
+    AutoTokenizer.from_pretrained(str(llama_dir)).save_pretrained(str(two))
+    with pytest.raises(ValueError, match=r"rm.model_name_or_path=.*two-labels.*2 labels"):
+        load_sequence_classifier(two, load_tokenizer(two, "k"), "rm.model_name_or_path", seed=0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"policy.model_name_or_path=.*no config.json"):
+        checkpoint_dir(tmp_path / "empty", "policy.model_name_or_path")
 
 
 def test_hub_name_not_on_disk_is_a_clear_error_without_network(tmp_path: Path, monkeypatch):
