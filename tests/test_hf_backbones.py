@@ -161,6 +161,11 @@ def llama_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory) -> Path:
+    return gpt2_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-gpt2")
+
+
+@pytest.fixture(scope="module")
 def llama_game(tmp_path_factory, llama_dir: Path) -> GameLoop:
     run = tmp_path_factory.mktemp("hf") / "run"
     return play(run, f"policy.model_name_or_path={llama_dir}", f"rm.model_name_or_path={llama_dir}")
@@ -235,8 +240,8 @@ def test_encoder_template_separator_and_left_truncation(llama_dir: Path):
 
 
 # ---- different tokenizers for the two players --------------------------------------------------
-def test_players_with_different_tokenizers(tmp_path: Path, llama_dir: Path, caplog):
-    gpt2 = gpt2_checkpoint(tmp_path / "tiny-gpt2")
+def test_players_with_different_tokenizers(tmp_path: Path, llama_dir: Path, gpt2_dir: Path, caplog):
+    gpt2 = gpt2_dir
     with caplog.at_level(logging.WARNING, logger="apo.modules.backbones"):
         game = play(
             tmp_path / "run",
@@ -273,28 +278,33 @@ def test_players_with_different_tokenizers(tmp_path: Path, llama_dir: Path, capl
 
 
 # ---- LoRA ----------------------------------------------------------------------------------------
-def test_lora_players_train_adapters_and_export_merged(tmp_path: Path, llama_dir: Path):
+def test_lora_players_train_adapters_and_export_merged(
+    tmp_path: Path, llama_dir: Path, gpt2_dir: Path
+):
+    # a GPT-2 policy (Conv1D layers, no pad token) and a Llama RM, both with LoRA adapters
     game = play(
         tmp_path / "run",
-        f"policy.model_name_or_path={llama_dir}",
+        f"policy.model_name_or_path={gpt2_dir}",
         f"rm.model_name_or_path={llama_dir}",
         "policy.lora.r=4",
         "rm.lora.r=4",
         "policy.optimizer.lr=1e-2",
     )
-    for module, head in ((game.policy.model, None), (game.rm.model, "score.weight")):
+    checkpoints = {"policy": gpt2_dir, "rm": llama_dir}
+    for player, module, head in (
+        ("policy", game.policy.model, None),
+        ("rm", game.rm.model, "score.weight"),
+    ):
         trainable = {n for n, p in module.named_parameters() if p.requires_grad}
         assert trainable and all("lora_" in n or n == head for n in trainable)
-        if head:
-            assert head in trainable
-    start = _weights(llama_dir)
-    # the live base weights stayed frozen, the merged export moved
-    live = {
-        k.replace(".base_layer", ""): v
-        for k, v in game.policy.model.state_dict().items()
-        if "lora_" not in k
-    }
-    assert _changed(start, live) == 0.0
-    for player in ("policy", "rm"):
+        assert head is None or head in trainable
+        start = _weights(checkpoints[player])
+        # the live base weights stayed frozen; the export, adapters merged in, moved
+        live = {
+            k.replace(".base_layer", ""): v
+            for k, v in module.state_dict().items()
+            if "lora_" not in k
+        }
+        assert _changed(start, live) == 0.0, player
         assert _changed(start, _weights(game.run_dir / "final" / player)) > 1e-5, player
     _reload_matches_module(game, "93521=", ["12359", "1", "9532111"])

@@ -42,6 +42,8 @@ def add_lora(
         lora_dropout=float(opts["dropout"]),
         target_modules=list(targets) if not isinstance(targets, str) else targets,
         bias="none",
+        # GPT-2 style Conv1D layers store their weight transposed
+        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
         # `all-linear` skips the output layer: lm_head, or the classifier head for SEQ_CLS
         task_type=TaskType.SEQ_CLS if head else TaskType.CAUSAL_LM,
     )
