@@ -308,3 +308,28 @@ def test_lora_players_train_adapters_and_export_merged(
         assert _changed(start, live) == 0.0, player
         assert _changed(start, _weights(game.run_dir / "final" / player)) > 1e-5, player
     _reload_matches_module(game, "93521=", ["12359", "1", "9532111"])
+
+
+def test_warm_start_key_sees_checkpoints_but_not_unset_options(llama_dir: Path):
+    from omegaconf import open_dict
+
+    from apo.warm_cache import OPTIONAL_KEY_PATHS, warm_start_key
+
+    base = compose_cfg(["experiment=tiny"])
+    bare = compose_cfg(["experiment=tiny"])
+    with open_dict(bare):
+        for path in OPTIONAL_KEY_PATHS:
+            player, name = path.split(".")
+            del bare[player][name]
+    # caches written before these options existed keep their keys
+    assert warm_start_key(base) == warm_start_key(bare)
+    keys = {
+        warm_start_key(compose_cfg(["experiment=tiny", *o]))
+        for o in (
+            [f"policy.model_name_or_path={llama_dir}"],
+            [f"rm.model_name_or_path={llama_dir}"],
+            ["policy.lora.r=4"],
+            ["rm.prompt_template='Q: {prompt} A:'"],
+        )
+    }
+    assert len(keys) == 4 and warm_start_key(base) not in keys
