@@ -1,0 +1,61 @@
+"""`apo-generate model=<policy or round dir> prompts=<file> output=<samples file>`: K samples per
+query from a saved policy, written in the APO samples format (`query_id`, `query`, `sample_*`)."""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig
+
+from apo.data.adapters import write_samples
+from apo.steps.common import datamodule, load_policy, make_trainer, plain, read_queries
+from apo.train import CONFIG_DIR, quiet_libraries
+
+log = logging.getLogger(__name__)
+
+
+def generate(cfg: DictConfig) -> list[dict]:
+    """Sample `num_samples` responses per query; an empty response is drawn again (up to
+    `max_retries` times), since the samples format holds no empty sample."""
+    if int(cfg.num_samples) < 1:
+        raise ValueError(f"num_samples must be at least 1, got {cfg.num_samples}")
+    L.seed_everything(cfg.seed, verbose=False)
+    queries = read_queries(cfg.prompts)
+    policy, tok = load_policy(cfg.model, plain(cfg.generation))
+    dm = datamodule(tok, cfg)
+    k = int(cfg.num_samples)
+    policy.generation_seed = int(cfg.seed)
+    texts = [
+        rec["texts"] for rec in dm.generate(make_trainer(cfg), policy, [q for _, q in queries], k)
+    ]
+    for attempt in range(1, int(cfg.max_retries) + 1):
+        todo = [i for i, ts in enumerate(texts) if any(not t.strip() for t in ts)]
+        if not todo:
+            break
+        policy.generation_seed = int(cfg.seed) * 1000 + attempt
+        again = dm.generate(make_trainer(cfg), policy, [queries[i][1] for i in todo], k)
+        for i, rec in zip(todo, again):
+            fresh = iter(t for t in rec["texts"] if t.strip())
+            texts[i] = [t if t.strip() else next(fresh, t) for t in texts[i]]
+    for (qid, _), ts in zip(queries, texts):
+        if any(not t.strip() for t in ts):
+            raise RuntimeError(
+                f"the policy gave an empty response for query_id {qid!r} in {int(cfg.max_retries) + 1} "
+                "tries; raise max_retries or generation.max_new_tokens"
+            )
+    records = [{"query_id": qid, "query": q, "samples": ts} for (qid, q), ts in zip(queries, texts)]
+    write_samples(cfg.output, records)
+    log.info("wrote %d queries x %d samples to %s", len(records), k, cfg.output)
+    return records
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")
+def main(cfg: DictConfig) -> None:
+    quiet_libraries()
+    generate(cfg)
+
+
+if __name__ == "__main__":
+    main()

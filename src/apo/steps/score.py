@@ -1,0 +1,70 @@
+"""`apo-score rm=<RM or round dir> samples=<file> output=<comparisons file>`: RM scores of every
+sample, written in the APO comparison format (`text`: query<sep>sample, `scores`, `query_id`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from apo.data.adapters import DataFormatError, write_comparisons
+from apo.data.game_data import ListwiseItem
+from apo.distributed import predict_gathered
+from apo.steps.common import (
+    build_rm,
+    check_lengths,
+    datamodule,
+    load_tokenizer,
+    make_trainer,
+    model_dir,
+    read_sample_sets,
+)
+from apo.train import CONFIG_DIR, quiet_libraries
+
+log = logging.getLogger(__name__)
+
+
+def score(cfg: DictConfig) -> list[ListwiseItem]:
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(cfg.samples)
+    sets = read_sample_sets(path)
+    few = next((s for s in sets if len(s.samples) < 2), None)
+    if few is not None:
+        raise few.where.error(
+            f"query_id {few.query_id!r} has {len(few.samples)} sample; the comparison format "
+            "needs at least 2 per query",
+            "sample_1",
+        )
+    d = model_dir(cfg.rm.path, "rm")
+    tok = load_tokenizer(d)
+    rm = build_rm(AutoModelForSequenceClassification.from_pretrained(str(d)), tok, cfg)
+    dm = datamodule(tok, cfg)
+    sets = check_lengths(dm, path, sets, cfg.overlength)
+    items = [
+        dm.text_item(i, s.query, s.samples, [0.0] * len(s.samples)) for i, s in enumerate(sets)
+    ]
+    out = predict_gathered(make_trainer(cfg), rm, dm.listwise_loader(items, "score"))
+    scored = [ListwiseItem(s.query, s.samples, o["rewards"]) for s, o in zip(sets, out)]
+    bad = next((s for s, it in zip(sets, scored) if not all(map(_finite, it.scores))), None)
+    if bad is not None:
+        raise DataFormatError(d, f"the RM gave a non-finite score for query_id {bad.query_id!r}")
+    write_comparisons(cfg.output, scored, sep=cfg.sep, query_ids=[s.query_id for s in sets])
+    log.info("scored %d queries with %s -> %s", len(scored), d, cfg.output)
+    return scored
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
+def main(cfg: DictConfig) -> None:
+    quiet_libraries()
+    score(cfg)
+
+
+if __name__ == "__main__":
+    main()
