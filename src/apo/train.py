@@ -12,6 +12,7 @@ import lightning as L
 from omegaconf import DictConfig
 from transformers.utils import logging as hf_logging
 
+from apo.cluster import adopt_submitit_local_tasks
 from apo.game import GameLoop
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def quiet_libraries() -> None:
 def train(cfg: DictConfig) -> float | None:
     """Play the game `cfg` describes; return the metric a sweeper optimises (last round's)."""
     quiet_libraries()
+    adopt_submitit_local_tasks()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     result = GameLoop(cfg).run()
     value = result["rounds"][-1].get(cfg.get("optimized_metric"))
