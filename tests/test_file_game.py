@@ -158,6 +158,7 @@ def test_hh_game_one_round_judged_by_test_rm(tmp_path):
     GameLoop(compose_cfg(["data=hh_rlhf", *TINY], run_dir=run)).run()
     summary = _check_no_oracle_run(run)
     assert summary["data"]["source"] == "hh_rlhf" and summary["data"]["records_skipped"] == 9
+    assert summary["data"]["sequences_over_max_len"] > 0  # cut, as the game does, and counted
     # apo-report falls back to the test RM's reward and still writes its tables and plots
     path, text = build_report(run, tmp_path / "report")
     assert "**policy/test_rm_reward**" in text and "policy/gold_reward" not in text
@@ -238,3 +239,34 @@ def test_apo_files_bad_inputs_name_file_line_and_field(tmp_path, hh_items):
     _apo_files(tmp_path, hh_items)
     with pytest.raises(ValueError, match="n_rm must be 0"):
         build_game_data(compose_cfg(["data=apo_files", *overrides, "data.sizes.n_rm=4"]), None)
+
+
+def test_sequences_over_max_len_error_skip_or_count(tmp_path):
+    _need(HH_TEST)
+    run = tmp_path / "run"
+    with pytest.raises(
+        DataFormatError,
+        match=r"test\.jsonl\.gz, field 'responses\[\d\]': \w+ item \d+: .*over data\.max_len=48",
+    ):
+        GameLoop(compose_cfg(["data=hh_rlhf", *TINY, "data.overlength=error"], run_dir=run))
+    cfg = compose_cfg(["data=hh_rlhf", *TINY, "data.overlength=skip", "data.max_len=128"], run)
+    loop = GameLoop(cfg)
+    data, enc = loop.dm.data, loop.dm.enc
+    assert data.meta["skipped_over_max_len"] == data.meta["sequences_over_max_len"] > 0
+    assert len(data.human_train) < 48
+    for it in data.human_train:
+        p = loop.dm.prompt_ids(it.prompt)
+        assert all(len(p) + len(enc.response(r)) <= 128 for r in it.responses)
+    kept = GameLoop(compose_cfg(["data=hh_rlhf", *TINY, "data.max_len=128"], run)).dm.data
+    assert len(kept.human_train) > len(data.human_train)  # truncate keeps them, counted
+    assert kept.meta["sequences_over_max_len"] == data.meta["sequences_over_max_len"]
+
+
+def test_apo_files_sft_from_a_samples_file(tmp_path, hh_items):
+    """An apo-rejection-sample output (samples format) replaces the chosen demonstrations."""
+    sft = [{"query_id": i, "query": f"Q{i}?", "samples": [f"A{i}.", f"B{i}."]} for i in range(5)]
+    write_samples(tmp_path / "sft.jsonl", sft)
+    overrides = _apo_files(tmp_path, hh_items)
+    cfg = compose_cfg(["data=apo_files", *TINY, *overrides, f"data.sft={tmp_path / 'sft.jsonl'}"])
+    data = build_game_data(cfg, None)
+    assert data.sft == [(f"Q{i}?", f"{x}{i}.") for i in range(5) for x in "AB"]

@@ -18,7 +18,7 @@ from apo import warm_cache
 from apo.calibration import calibration_errors, preference_probs, reliability_diagram
 from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
-from apo.data.sources import build_game_data, build_tokenizer, has_oracle
+from apo.data.sources import build_game_data, build_tokenizer, check_lengths, has_oracle
 from apo.distributed import is_global_zero, predict_gathered
 from apo.export import save_player
 from apo.logger import GameTensorBoardLogger
@@ -88,6 +88,8 @@ class GameLoop:
         self.test_rm: RewardModule | None = None
         self._prev_test_judge: dict[str, float] | None = None
         self.tokenizer = build_tokenizer(cfg, self.task, data)
+        if self.oracle is None:
+            check_lengths(data, self.tokenizer, cfg.data)
         bs = {
             "sft": cfg.policy.sft_batch_size,
             "policy": cfg.policy.batch_size,

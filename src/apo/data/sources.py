@@ -200,3 +200,57 @@ def build_tokenizer(cfg: DictConfig, task: Any, data: GameData) -> PreTrainedTok
         vocab_size=int(t.get("vocab_size", 1024)),
         min_frequency=int(t.get("min_frequency", 2)),
     )
+
+
+def check_lengths(data: GameData, tokenizer: PreTrainedTokenizerBase, dcfg: DictConfig) -> None:
+    """Count (and per `data.overlength` act on) the file data's texts over the token budgets.
+
+    `truncate` (default, the game's rule: prompts keep their last `max_prompt_len` tokens,
+    prompt + response is cut at `max_len`) only counts; `skip` drops demonstrations, pairs and
+    RM-split prompts whose response would be cut (counted); `error` names the first one."""
+    mode = dcfg.get("overlength", "truncate")
+    if mode not in ("truncate", "skip", "error"):
+        raise ValueError(f"data.overlength must be truncate, skip or error, got {mode!r}")
+    max_prompt, max_len = int(dcfg.max_prompt_len), int(dcfg.max_len)
+    n_tokens = lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    # bos + the prompt's kept tokens, then the response and eos
+    prompt_len = lambda p: min(n_tokens(p), max_prompt - 1) + 1  # noqa: E731
+    fits = lambda p, r: prompt_len(p) + n_tokens(r) + 1 <= max_len  # noqa: E731
+    meta = data.meta
+    prompts = {p for p, _ in data.sft} | set(data.rm_prompts) | set(data.policy_prompts)
+    prompts |= {it.prompt for it in data.human_train + data.human_val} | set(data.test_prompts)
+    meta["prompts_over_max_prompt_len"] = sum(n_tokens(p) > max_prompt - 1 for p in prompts)
+
+    def bad_item(part: str, i: int, prompt: str, responses: list[str]) -> bool:
+        j = next((j for j, r in enumerate(responses) if not fits(prompt, r)), None)
+        if j is not None and mode == "error":
+            raise DataFormatError(
+                meta.get("file", "data"),
+                f"{part} item {i}: prompt + response is over data.max_len={max_len} tokens; "
+                "raise data.max_len or set data.overlength=truncate|skip",
+                field=f"responses[{j}]",
+            )
+        return j is not None
+
+    sft = [bad_item("sft", i, p, [r]) for i, (p, r) in enumerate(data.sft)]
+    train = [
+        bad_item("human_train", i, it.prompt, it.responses) for i, it in enumerate(data.human_train)
+    ]
+    val = [bad_item("human_val", i, it.prompt, it.responses) for i, it in enumerate(data.human_val)]
+    rm = [bad_item("rm", i, p, [data.golden[p]]) for i, p in enumerate(data.rm_prompts)]
+    meta["sequences_over_max_len"] = sum(sft) + sum(train) + sum(val) + sum(rm)
+    if mode == "skip":
+        data.sft = [x for x, b in zip(data.sft, sft) if not b]
+        data.human_train = [x for x, b in zip(data.human_train, train) if not b]
+        data.human_val = [x for x, b in zip(data.human_val, val) if not b]
+        data.rm_prompts = [x for x, b in zip(data.rm_prompts, rm) if not b]
+        data.golden = {p: data.golden[p] for p in data.rm_prompts}
+        meta["skipped_over_max_len"] = meta["sequences_over_max_len"]
+        empty = [
+            k for k in ("sft", "human_train", "human_val", "rm_prompts") if not getattr(data, k)
+        ]
+        if empty:
+            raise DataFormatError(
+                meta.get("file", "data"),
+                f"no {', '.join(empty)} left after skipping sequences over data.max_len={max_len}",
+            )
