@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def test_slurm_launcher_follows_trainer_and_strategy(tmp_path: Path, monkeypatch
     launcher = instantiate(cfg.hydra.launcher)
     p = launcher.params
     assert type(launcher).__name__ == "SlurmLauncher"
+    assert cfg.hydra.mode.name == "MULTIRUN"  # `apo-train launcher=slurm` submits
     # one task per device on every node, the numbers Lightning checks against SLURM's
     assert cfg.trainer.devices == cfg.strategy.devices == 2
     assert p["tasks_per_node"] == cfg.trainer.devices and p["nodes"] == cfg.trainer.num_nodes == 2
@@ -270,3 +272,30 @@ def test_srun_tasks_are_lightning_slurm_ranks(tmp_path: Path):
     assert not list(run.glob("train_ddp_process_*.log")), "Lightning launched processes itself"
     rows = (run / "rounds" / "round_01" / "samples.jsonl").read_text().splitlines()
     assert len(rows) == (16 + 32) * 4
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_optuna_search_with_ddp_ranks_draw_the_same_trials(tmp_path: Path):
+    """Rank 1 re-runs the search (Lightning re-runs the command line); with the seeded sampler it
+    must draw the same trials as rank 0, or the two ranks would train different games."""
+    sweep = tmp_path / "optuna ddp"
+    proc = apo_train(
+        "hparams_search=apo_coeff_optuna",
+        *TINY,
+        "strategy=ddp",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep}",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    launched = re.findall(r"#(\d+) : (.*)", proc.stdout + proc.stderr)
+    by_job: dict[str, list[str]] = {}
+    for num, overrides in launched:
+        by_job.setdefault(num, []).append(overrides.strip())
+    assert sorted(by_job) == ["0", "1"]
+    for num, lines in by_job.items():
+        assert len(lines) == 2 and lines[0] == lines[1], f"ranks disagree on trial {num}: {lines}"
+        assert f"game.apo_coeff={job_config(sweep / num)['game']['apo_coeff']}" in lines[0]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(final(j) for j in job_dirs(sweep)), abs=1e-12)
