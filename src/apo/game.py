@@ -1,4 +1,8 @@
-"""The GameLoop: warm start, then rounds of generate -> RM fit -> score -> policy fit -> evaluate."""
+"""The GameLoop: warm start, then rounds of generate -> RM fit -> score -> policy fit -> evaluate.
+
+The game is a list of named phases; the game state is saved after each (`apo.checkpoint`), so
+`resume=true` continues a killed game at its first unfinished phase.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from apo import warm_cache
+from apo import checkpoint, warm_cache
 from apo.calibration import calibration_errors, preference_probs, reliability_diagram
 from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
@@ -57,6 +61,18 @@ NO_ORACLE_KEYS = {
     "game/rm_best_gold_reward": "game/rm_best_test_rm_reward",
     "game/oracle_best_gold_reward": "game/best_test_rm_reward",
 }
+
+
+#: what a round does, in order; the game state is saved after each phase
+ROUND_PHASES = ("generate", "rm_fit", "score", "reference", "policy_fit", "evaluate")
+#: the weights each phase changes; a saved state keeps the others' latest files
+PHASE_WEIGHTS = {
+    "warm_start": ("policy", "ref", "rm"),
+    "rm_fit": ("rm",),
+    "policy_fit": ("policy",),
+}
+#: the DataModule fields a round builds up (samples, scores, reference log-probs, switches)
+DATA_STATE = ("samples", "policy_ref_logps", "use_apo", "policy_select", "phase")
 
 
 def _plain(node: Any) -> Any:
@@ -143,7 +159,9 @@ class GameLoop:
             centering_coeff=g.rm_centering_coeff,
             eos_token_id=self.rm_tokenizer.eos_token_id,
         )
-        self.logger = GameTensorBoardLogger(str(self.run_dir))
+        self.logger = GameTensorBoardLogger(
+            str(self.run_dir), flush_secs=cfg.get("tensorboard_flush_secs", 120)
+        )
         self.steps = {"rm": 0, "policy": 0}
         #: the last logged value of every metric of each player's latest fit
         self.last_fit: dict[str, dict[str, float]] = {}
@@ -190,25 +208,79 @@ class GameLoop:
         self.timings[name] = time.perf_counter() - t0
         return out
 
-    # ---- the game ---------------------------------------------------------------------------
+    # ---- the game: named phases, the state saved after each ---------------------------------
+    def phases(self) -> list[tuple[int, str]]:
+        """`(round, phase)` in playing order: the warm start and round 0's evaluation, then
+        `ROUND_PHASES` of every round."""
+        rounds = range(1, self.cfg.game.rounds + 1)
+        return [(0, "warm_start"), (0, "evaluate")] + [(r, p) for r in rounds for p in ROUND_PHASES]
+
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        if is_global_zero():
+        self.store = checkpoint.StateStore(self.run_dir)
+        phases = self.phases()
+        first = self.resume_index(phases)
+        if first == 0 and is_global_zero():
             self.tokenizer.save_pretrained(str(self.run_dir / "tokenizer"))
-        self._timed("time/warm_start_s", self.warm_start)
-        self.evaluate(0)
-        for r in range(1, self.cfg.game.rounds + 1):
-            self.play_round(r)
+        saving = 0.0
+        for r, name in phases[first:]:
+            getattr(self, f"phase_{name}")(r)
+            t1 = time.perf_counter()
+            self.save_state(r, name, finished=(r, name) == phases[-1])
+            saving += time.perf_counter() - t1
         self.logger.close()
         table = format_table(self.summary, self.summary_keys)
         if is_global_zero():
             log.info(
-                "APO game finished in %.1f s; run dir %s\n%s",
+                "APO game %s in %.1f s (%d phases played, game state saved in %.1f s); "
+                "run dir %s\n%s",
+                "finished" if first < len(phases) else "was already finished",
                 time.perf_counter() - t0,
+                len(phases) - first,
+                saving,
                 self.run_dir,
                 table,
             )
         return {"rounds": self.summary, "table": table}
+
+    def phase_warm_start(self, r: int) -> None:
+        self._timed("time/warm_start_s", self.warm_start)
+        self.set_round_objective()
+
+    def phase_evaluate(self, r: int) -> None:
+        self.evaluate(r)
+
+    def phase_generate(self, r: int) -> None:
+        self.policy.generation_seed = self.cfg.seed * 10007 + r
+        self._timed(
+            "time/generate_s",
+            self.dm.regenerate,
+            self.make_trainer("policy", None),
+            self.policy,
+            self.cfg.game.samples_per_prompt,
+        )
+        tokens = sum(
+            len(ids) + 1
+            for recs in self.dm.samples.values()
+            for rec in recs
+            for ids in rec["responses"]
+        )
+        self.timings["perf/generate_tokens_per_s"] = tokens / self.timings["time/generate_s"]
+
+    def phase_rm_fit(self, r: int) -> None:
+        self.dm.use_apo = self.cfg.game.apo_coeff != 0
+        self._timed("time/rm_fit_s", self.fit, "rm", "round", "rm/train")
+
+    def phase_score(self, r: int) -> None:
+        self._timed("time/score_s", self.score_samples)
+
+    def phase_reference(self, r: int) -> None:
+        self.dm.policy_select = self.policy.objective.selection(self.policy.objective_kwargs)
+        if self.policy.objective.needs_reference:
+            self._timed("time/reference_s", self.reference_logps)
+
+    def phase_policy_fit(self, r: int) -> None:
+        self._timed("time/policy_fit_s", self.fit, "policy", "round", "policy/train")
 
     def warm_start(self) -> None:
         """SFT the policy on (noisy) demonstrations, freeze it as the reference, fit the base RM.
@@ -240,37 +312,94 @@ class GameLoop:
                     },
                 )
         self.policy.snapshot_reference()
+
+    def set_round_objective(self) -> None:
+        """The policy's round objective, after the warm start's SFT."""
         obj = _plain(self.cfg.objective)
         # the mixture weight changes how samples are drawn and `lr` the optimizer, not the loss
         self.policy.generation["mixture"] = float(obj.pop("mixture", 0.0) or 0.0)
         self.policy.round_lr = obj.pop("lr", None)
         self.policy.set_objective(obj.pop("name"), obj)
 
-    def play_round(self, r: int) -> None:
-        g = self.cfg.game
-        self.policy.generation_seed = self.cfg.seed * 10007 + r
-        self._timed(
-            "time/generate_s",
-            self.dm.regenerate,
-            self.make_trainer("policy", None),
-            self.policy,
-            g.samples_per_prompt,
-        )
-        tokens = sum(
-            len(ids) + 1
-            for recs in self.dm.samples.values()
-            for rec in recs
-            for ids in rec["responses"]
-        )
-        self.timings["perf/generate_tokens_per_s"] = tokens / self.timings["time/generate_s"]
-        self.dm.use_apo = g.apo_coeff != 0
-        self._timed("time/rm_fit_s", self.fit, "rm", "round", "rm/train")
-        self._timed("time/score_s", self.score_samples)
-        self.dm.policy_select = self.policy.objective.selection(self.policy.objective_kwargs)
-        if self.policy.objective.needs_reference:
-            self._timed("time/reference_s", self.reference_logps)
-        self._timed("time/policy_fit_s", self.fit, "policy", "round", "policy/train")
-        self.evaluate(r)
+    # ---- the game state ----------------------------------------------------------------------
+    def resume_index(self, phases: list[tuple[int, str]]) -> int:
+        """Index of the first phase to play: 0 for a new game, the one after the saved phase when
+        resuming (having restored the state).
+
+        Rank 0 resumes with `resume=true` only, and without it refuses a run dir that holds a
+        game. Other ranks always start from the saved state: rank 0 launches them (or is launched
+        with them) when it has reached that state, so none of them can be ahead of it.
+        """
+        store = self.store
+        if is_global_zero():
+            if not store.exists():
+                if self.cfg.get("resume"):
+                    log.info("resume=true: no game state in %s yet, a new game", store.path)
+                return 0
+            if not self.cfg.get("resume"):
+                raise FileExistsError(
+                    f"{store.file}: {self.run_dir} already holds a game; pass resume=true to "
+                    "continue it (a finished game only prints its table), or use a new run dir"
+                )
+        elif not store.exists():
+            return 0
+        state = store.load()
+        added = checkpoint.check_config(state["config"], self.cfg, store.file)
+        if added and is_global_zero():
+            log.warning("config keys the saved game did not have (defaults used): %s", added)
+        done = (int(state["done"][0]), str(state["done"][1]))
+        if done not in phases:
+            raise ValueError(
+                f"{store.file}: saved after round {done[0]} {done[1]}, a phase this game "
+                f"(game.rounds={self.cfg.game.rounds}) does not play"
+            )
+        self.restore_state(state)
+        if is_global_zero():
+            log.info("resuming %s after round %d %s", self.run_dir, *done)
+        return phases.index(done) + 1
+
+    def save_state(self, r: int, phase: str, finished: bool) -> None:
+        """Every rank hands in its RNG states; rank 0 writes the state after `phase` of round `r`."""
+        rng = checkpoint.gather_rng_states()
+        if not is_global_zero():
+            return
+        state = {
+            "done": [r, phase],
+            "finished": finished,
+            "config": checkpoint.config_record(self.cfg),
+            "loop": {
+                "steps": dict(self.steps),
+                "last_fit": self.last_fit,
+                "summary": self.summary,
+                "timings": self.timings,
+                "generation_seed": self.policy.generation_seed,
+            },
+            "data": {k: getattr(self.dm, k) for k in DATA_STATE},
+            "rng": rng,
+            "tensorboard": self.logger.event_file_sizes(),
+        }
+        models = {"policy": self.policy.model, "ref": self.policy.ref_model, "rm": self.rm.model}
+        weights = {n: models[n].state_dict() for n in PHASE_WEIGHTS.get(phase, ())}
+        self.store.save(state, weights, tag=f"r{r:02d}-{phase}")
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        loop = state["loop"]
+        self.steps = dict(loop["steps"])
+        self.last_fit = loop["last_fit"]
+        self.summary = list(loop["summary"])
+        self.timings = dict(loop["timings"])
+        self.policy.generation_seed = loop["generation_seed"]
+        for k, v in state["data"].items():
+            setattr(self.dm, k, v)
+        w = state["weights"]
+        self.policy.model.load_state_dict(w["policy"])
+        self.rm.model.load_state_dict(w["rm"])
+        self.policy.snapshot_reference()
+        self.policy.ref_model.load_state_dict(w["ref"])
+        self.set_round_objective()
+        checkpoint.restore_rng_states(state["rng"])
+        if is_global_zero():
+            self.logger.rewind(state["tensorboard"])
 
     def score_samples(self) -> None:
         """The re-trained RM scores this round's samples of both splits."""

@@ -1,0 +1,262 @@
+"""Resuming a game: the state saved at phase boundaries, SIGKILL mid-fit, `resume=true`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import open_dict
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from apo import checkpoint
+from apo.train import train
+from tests.conftest import ROOT, compose_cfg
+
+#: a tiny game whose round fits are long enough to be killed in, flushing TensorBoard each second
+LONG = [
+    "experiment=tiny",
+    "rm.round.max_epochs=30",
+    "policy.round.max_epochs=80",
+    "tensorboard_flush_secs=1",
+]
+TIMING = ("time/", "perf/")
+
+
+def _strip(rounds: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rounds]
+
+
+def _summary(run: Path) -> list[dict]:
+    return json.loads((run / "summary.json").read_text())["rounds"]
+
+
+def _progress(run: Path) -> tuple[int, str] | None:
+    path = run / checkpoint.STATE_DIR / checkpoint.PROGRESS_FILE
+    if not path.exists():
+        return None
+    p = json.loads(path.read_text())
+    return p["round"], p["phase"]
+
+
+def _event_bytes(run: Path) -> int:
+    return sum(p.stat().st_size for p in (run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar event of every event file, in file order: tag -> [(step, value)]."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
+        ea = EventAccumulator(str(f), size_guidance={"scalars": 0})
+        ea.Reload()
+        for tag in ea.Tags()["scalars"]:
+            out.setdefault(tag, []).extend((e.step, e.value) for e in ea.Scalars(tag))
+    return out
+
+
+def _cmd(run: Path, *overrides: str) -> list[str]:
+    exe = shutil.which("apo-train") or str(Path(sys.executable).parent / "apo-train")
+    return [exe, *LONG, f"hydra.run.dir={run}", *overrides]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+def _play(run: Path, *overrides: str) -> None:
+    proc = subprocess.run(
+        _cmd(run, *overrides), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _kill_during(run: Path, after: tuple[int, str], *overrides: str) -> None:
+    """Start a game and SIGKILL it (its whole process group) in the fit that follows phase
+    `after`: once the state says `after` finished and the fit's first losses reach TensorBoard."""
+    proc = subprocess.Popen(
+        _cmd(run, *overrides),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while _progress(run) != after:
+            assert proc.poll() is None, f"the game ended before {after}"
+            assert time.monotonic() < deadline, f"no {after} in {run}"
+            time.sleep(0.05)
+        seen = _event_bytes(run)
+        while _event_bytes(run) <= seen:
+            assert proc.poll() is None and time.monotonic() < deadline
+            assert _progress(run) == after, f"the fit after {after} ended before it was seen"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # killed inside the fit: the state still ends at `after`
+    assert _progress(run) == after
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("resume") / "full"
+    _play(run)
+    return run
+
+
+def _assert_same_game(resumed: Path, full: Path) -> None:
+    assert _strip(_summary(resumed)) == _strip(_summary(full))
+    for r in range(3):
+        d, e = (run / "rounds" / f"round_{r:02d}" for run in (resumed, full))
+        names = ["eval_samples.jsonl"] + (["samples.jsonl"] if r else [])
+        for name in names:
+            assert (d / name).read_text() == (e / name).read_text(), f"round {r} {name}"
+        m = json.loads((d / "metrics.json").read_text())
+        assert _strip([m]) == _strip([json.loads((e / "metrics.json").read_text())])
+    for player in ("policy", "rm"):
+        a = load_file(resumed / "rounds" / "round_02" / player / "model.safetensors")
+        b = load_file(full / "rounds" / "round_02" / player / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), player
+    assert json.loads((resumed / "state" / "progress.json").read_text())["finished"] is True
+    # TensorBoard: every step once, with the uninterrupted game's values
+    got, want = _scalars(resumed), _scalars(full)
+    for loss in ("rm/train/loss", "policy/train/loss", "rm/base/loss", "policy/sft/loss"):
+        steps = [s for s, _ in got[loss]]
+        assert len(steps) == len(set(steps)), f"{loss}: steps logged twice"
+    for tag, events in want.items():
+        if not tag.startswith(TIMING):
+            assert sorted(got[tag]) == sorted(events), tag
+
+
+@pytest.mark.slow
+def test_sigkill_in_rm_fit_then_resume(full_run: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    _kill_during(run, (1, "generate"))
+    # the killed fit had logged round-1 RM steps; the resume must drop them, not add to them
+    assert _scalars(run)["rm/train/loss"]
+    assert not (run / "rounds" / "round_01").exists()
+    _play(run, "resume=true")
+    _assert_same_game(run, full_run)
+
+
+@pytest.mark.slow
+def test_sigkill_in_policy_fit_then_resume(full_run: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    _kill_during(run, (2, "reference"))
+    killed = _scalars(run)["policy/train/loss"]
+    round1_steps = _summary(full_run)[1]["steps/policy"]
+    assert max(s for s, _ in killed) >= round1_steps  # the round-2 fit was under way
+    _play(run, "resume=true")
+    _assert_same_game(run, full_run)
+    # resuming a finished game plays nothing and writes no TensorBoard events
+    events = sorted(p.name for p in (run / "tensorboard").iterdir())
+    before = (run / "summary.json").read_text()
+    proc = subprocess.run(
+        _cmd(run, "resume=true"), cwd=ROOT, env=_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "was already finished" in proc.stdout + proc.stderr
+    assert "policy/gold_reward" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in (run / "tensorboard").iterdir()) == events
+    assert (run / "summary.json").read_text() == before
+
+
+# ---- in-process: refusing, reprinting, extending ------------------------------------------------
+def _game(run: Path, *overrides: str) -> list[dict]:
+    cfg = compose_cfg(["experiment=tiny", *overrides], run_dir=run)
+    with open_dict(cfg):
+        cfg.game.save_weights = False
+    train(cfg)
+    return _summary(run)
+
+
+@pytest.mark.slow
+def test_run_dir_rules_and_more_rounds(tmp_path: Path):
+    one = _game(tmp_path / "a", "game.rounds=1")
+    with pytest.raises(FileExistsError, match="resume=true"):
+        _game(tmp_path / "a", "game.rounds=1")
+    with pytest.raises(ValueError, match=r"game\.apo_coeff: saved 1\.0, now 0\.5"):
+        _game(tmp_path / "a", "game.rounds=1", "game.apo_coeff=0.5", "resume=true")
+    assert _game(tmp_path / "a", "game.rounds=1", "resume=true") == one
+    # a finished game plays on when resumed with more rounds, as if it had been one game
+    more = _game(tmp_path / "a", "game.rounds=2", "resume=true")
+    assert _strip(more) == _strip(_game(tmp_path / "b", "game.rounds=2"))
+
+
+# ---- the state files ------------------------------------------------------------------------------
+def _draws() -> tuple:
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_state_round_trip_and_rng(tmp_path: Path):
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    store = checkpoint.StateStore(tmp_path)
+    w0 = {"a": torch.arange(6.0).view(2, 3)}
+    w1 = {"b": torch.ones(2)}
+    state = {"done": [0, "warm_start"], "loop": {"steps": {"rm": 3}}, "samples": [{"p": [1, 2]}]}
+    store.save({**state, "rng": [checkpoint.rng_state()]}, {"policy": w0, "rm": w1}, "r00-ws")
+    expected = _draws()
+    loaded = checkpoint.StateStore(tmp_path).load()
+    assert loaded["done"] == [0, "warm_start"] and loaded["samples"] == [{"p": [1, 2]}]
+    assert torch.equal(loaded["weights"]["policy"]["a"], w0["a"])
+    checkpoint.restore_rng_states(loaded["rng"])
+    assert _draws() == expected  # the generators continue where the saved ones stood
+    # a phase that changes one player writes only its weights; the others stay referenced
+    (store.path / ".game_state.pt.leftover").write_bytes(b"half a file")
+    store.save({**state, "done": [1, "rm_fit"], "rng": []}, {"rm": {"b": torch.zeros(2)}}, "r01")
+    assert sorted(p.name for p in store.path.iterdir()) == [
+        "game_state.pt",
+        "policy-r00-ws.pt",
+        "progress.json",
+        "rm-r01.pt",
+    ]
+    again = checkpoint.StateStore(tmp_path).load()
+    assert torch.equal(again["weights"]["policy"]["a"], w0["a"])
+    assert torch.equal(again["weights"]["rm"]["b"], torch.zeros(2))
+    (store.path / "rm-r01.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="rm-r01.pt"):
+        checkpoint.StateStore(tmp_path).load()
+
+
+@pytest.mark.slow
+def test_sigkill_while_saving_leaves_a_whole_state(tmp_path: Path):
+    """A process saving big states in a loop is killed at a random moment: the state on disk
+    is always one whole save (its weights carry the save's number)."""
+    script = textwrap.dedent(
+        f"""
+        import torch
+        from apo.checkpoint import StateStore
+        store = StateStore({str(tmp_path)!r})
+        for i in range(10**6):
+            w = {{"x": torch.full((1_000_000,), float(i))}}
+            store.save({{"done": [i, "evaluate"], "i": i}}, {{"policy": w, "rm": w}}, f"r{{i}}")
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=_env())
+    try:
+        deadline = time.monotonic() + 60
+        while _progress(tmp_path) is None or _progress(tmp_path)[0] < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.0, 0.3))
+    finally:
+        proc.kill()
+        proc.wait()
+    state = checkpoint.StateStore(tmp_path).load()
+    i = state["i"]
+    assert i >= 2 and state["done"] == [i, "evaluate"]
+    for name in ("policy", "rm"):
+        assert torch.equal(state["weights"][name]["x"], torch.full((1_000_000,), float(i)))
