@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -270,3 +271,37 @@ def test_apo_files_sft_from_a_samples_file(tmp_path, hh_items):
     cfg = compose_cfg(["data=apo_files", *TINY, *overrides, f"data.sft={tmp_path / 'sft.jsonl'}"])
     data = build_game_data(cfg, None)
     assert data.sft == [(f"Q{i}?", f"{x}{i}.") for i in range(5) for x in "AB"]
+
+
+@pytest.mark.slow
+def test_data_and_tokenizer_are_the_same_in_every_process():
+    """Every rank of a multi-process game builds its own data and BPE tokenizer: they must not
+    depend on the process (hash seed), or the ranks would train different models."""
+    import subprocess
+    import sys
+
+    _need(HH_TEST)
+    code = (
+        "import hashlib\n"
+        "from tests.conftest import compose_cfg\n"
+        "from apo.data.sources import build_game_data, build_tokenizer\n"
+        "cfg = compose_cfg(['data=hh_rlhf'])\n"
+        "d = build_game_data(cfg, None)\n"
+        "t = build_tokenizer(cfg, None, d)\n"
+        "print(hashlib.sha1(t.backend_tokenizer.to_str().encode()).hexdigest())\n"
+        "print(hashlib.sha1(repr((d.sft, d.human_train, d.golden, d.test_prompts)).encode()).hexdigest())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    outs = [
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout.split()
+        for seed in ("1", "2")
+    ]
+    assert len(outs[0]) == 2 and outs[0] == outs[1]
