@@ -260,3 +260,23 @@ def test_sigkill_while_saving_leaves_a_whole_state(tmp_path: Path):
     assert i >= 2 and state["done"] == [i, "evaluate"]
     for name in ("policy", "rm"):
         assert torch.equal(state["weights"][name]["x"], torch.full((1_000_000,), float(i)))
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_ddp_sigkill_in_policy_fit_then_resume(tmp_path: Path):
+    """Both ranks of a 2-process game are killed in round 1's policy fit; both resume from the
+    state rank 0 saved, and the game ends as the uninterrupted 2-process one does."""
+    full, run = tmp_path / "full", tmp_path / "run"
+    _play(full, "strategy=ddp", "game.rounds=1")
+    _kill_during(run, (1, "reference"), "strategy=ddp", "game.rounds=1")
+    _play(run, "strategy=ddp", "game.rounds=1", "resume=true")
+    assert _strip(_summary(run)) == _strip(_summary(full))
+    for name in ("samples.jsonl", "eval_samples.jsonl"):
+        assert (run / "rounds" / "round_01" / name).read_text() == (
+            full / "rounds" / "round_01" / name
+        ).read_text()
+    steps = [s for s, _ in _scalars(run)["policy/train/loss"]]
+    assert len(steps) == len(set(steps)) and sorted(steps) == sorted(
+        s for s, _ in _scalars(full)["policy/train/loss"]
+    )
