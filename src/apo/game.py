@@ -23,7 +23,7 @@ from apo.calibration import calibration_errors, preference_probs, reliability_di
 from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
 from apo.data.sources import build_game_data, build_tokenizer, check_lengths, has_oracle
-from apo.distributed import is_global_zero, predict_gathered
+from apo.distributed import full_state_dict, is_global_zero, predict_gathered
 from apo.export import save_player
 from apo.logger import GameTensorBoardLogger
 from apo.metrics import mean, pairwise_agreement, std
@@ -306,8 +306,8 @@ class GameLoop:
                     cache_dir,
                     key,
                     {
-                        "policy": self.policy.model.state_dict(),
-                        "rm": self.rm.model.state_dict(),
+                        "policy": full_state_dict(self.policy.model),
+                        "rm": full_state_dict(self.rm.model),
                         "steps": self.steps,
                     },
                 )
@@ -379,7 +379,7 @@ class GameLoop:
             "tensorboard": self.logger.event_file_sizes(),
         }
         models = {"policy": self.policy.model, "ref": self.policy.ref_model, "rm": self.rm.model}
-        weights = {n: models[n].state_dict() for n in PHASE_WEIGHTS.get(phase, ())}
+        weights = {n: full_state_dict(models[n]) for n in PHASE_WEIGHTS.get(phase, ())}
         self.store.save(state, weights, tag=f"r{r:02d}-{phase}")
 
     def restore_state(self, state: dict[str, Any]) -> None:
@@ -687,7 +687,7 @@ class GameLoop:
             if r == self.cfg.game.rounds:
                 dirs.append(self.run_dir / "final" / name)
             for out in dirs:
-                save_player(module.model, tokenizer, out)
+                save_player(module.model, tokenizer, out, state_dict=full_state_dict(module.model))
         write_json(
             self.run_dir / "summary.json", {"rounds": self.summary, "data": self.dm.data.meta}
         )

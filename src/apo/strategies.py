@@ -1,20 +1,261 @@
-"""The one place that chooses hardware: a `strategy` config node -> a Lightning strategy + devices."""
+"""The one place that chooses hardware: a `strategy` config node -> a Lightning strategy + devices.
+
+Engines (`name` in a `configs/strategy/` file): `auto`, `ddp`, `fsdp` (`version: 2` = FSDP2
+through `ModelParallelStrategy`, `version: 1` = Lightning's `FSDPStrategy`, GPUs only) and
+`deepspeed` (ZeRO `stage` 2 or 3, optional CPU offload). The same config runs on CPU processes
+(gloo) and on GPUs (NCCL); only the CPU path needs the small adaptations in `CPUDeepSpeedStrategy`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.strategies import DDPStrategy, Strategy
+import torch
+from hydra.utils import get_class
+from lightning.pytorch.strategies import (
+    DDPStrategy,
+    DeepSpeedStrategy,
+    FSDPStrategy,
+    ModelParallelStrategy,
+    Strategy,
+)
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+#: engine name -> the config file in `configs/strategy/` that shows it (a test keeps them in sync)
+STRATEGIES = {
+    "auto": ["auto"],
+    "ddp": ["ddp"],
+    "fsdp": ["fsdp"],
+    "deepspeed": ["deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload"],
+}
+
+# DeepSpeed compiles its CPU ops (cpu_adam) on first use into TORCH_EXTENSIONS_DIR; pin the
+# default (~/.cache/torch_extensions) so every run and every rank reuses one build (30-75 s).
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 over all processes: a one-dimensional data-parallel mesh (no tensor parallelism).
+
+    The LightningModules shard themselves in `configure_model` (see `shard_fsdp2`)."""
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        self._tensor_parallel_size = 1
+        super().setup_environment()
+
+
+class CPUDeepSpeedStrategy(DeepSpeedStrategy):
+    """Lightning's DeepSpeedStrategy, also on CPU processes (gloo).
+
+    On CPU it skips the CUDA-only checks and gives DeepSpeed the local rank as its device (CPU
+    devices have no index). On GPUs every override falls through to the stock behaviour, except
+    `teardown`, which destroys the engine so that its hooks do not outlive the Trainer: the game
+    builds a new Trainer (and engine) on the same module for every phase.
+
+    `cpu_adam=True` swaps the module's Adam/AdamW for `DeepSpeedCPUAdam` with the same
+    hyperparameters, which DeepSpeed needs for optimizer offload.
+    """
+
+    def __init__(self, *args: Any, cpu_adam: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cpu_adam = cpu_adam
+
+    @property
+    def _on_cpu(self) -> bool:
+        return self.root_device.type == "cpu"
+
+    def setup_environment(self) -> None:
+        if self._on_cpu:
+            DDPStrategy.setup_environment(self)  # the parent refuses any non-CUDA accelerator
+        else:
+            super().setup_environment()
+
+    def setup_distributed(self) -> None:
+        if not self._on_cpu:
+            return super().setup_distributed()
+        # the parent also checks that device indices equal local ranks; CPU devices have none
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    @contextlib.contextmanager
+    def _device_rank(self) -> Iterator[None]:
+        """Lightning passes `root_device.index` (None on CPU) as DeepSpeed's device rank."""
+        import deepspeed
+
+        if not self._on_cpu:
+            yield
+            return
+        original = deepspeed.initialize
+
+        def initialize(*args: Any, **kwargs: Any) -> Any:
+            kwargs["args"] = argparse.Namespace(device_rank=self.local_rank)
+            return original(*args, **kwargs)
+
+        deepspeed.initialize = initialize
+        try:
+            yield
+        finally:
+            deepspeed.initialize = original
+
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):  # type: ignore[override]
+        with self._device_rank():
+            return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
+
+    def _initialize_deepspeed_inference(self, model: nn.Module) -> None:
+        with self._device_rank():
+            super()._initialize_deepspeed_inference(model)
+
+    def _init_optimizers(self):  # type: ignore[override]
+        optimizer, scheduler = super()._init_optimizers()
+        if self.cpu_adam:
+            optimizer = to_cpu_adam(optimizer)
+            if scheduler is not None:
+                raise ValueError(
+                    "cpu_adam: the optimizer is replaced, so it cannot keep a scheduler"
+                )
+        return optimizer, scheduler
+
+    def setup(self, trainer: Any) -> None:
+        super().setup(trainer)
+        log.info(
+            "DeepSpeed ZeRO stage %d over %d processes",
+            self.config["zero_optimization"]["stage"],
+            self.world_size,
+        )
+
+    def teardown(self) -> None:
+        engine = self.model
+        super().teardown()
+        if hasattr(engine, "destroy"):
+            engine.destroy()
+
+
+def to_cpu_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same parameter groups and hyperparameters in DeepSpeed's CPU Adam (for offload)."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    if not isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW):
+        raise ValueError(
+            f"cpu_adam replaces Adam or AdamW by DeepSpeedCPUAdam; got {type(optimizer).__name__}"
+        )
+    keys = ("params", "lr", "betas", "eps", "weight_decay")
+    groups = [{k: g[k] for k in keys} for g in optimizer.param_groups]
+    return DeepSpeedCPUAdam(groups, adamw_mode=isinstance(optimizer, torch.optim.AdamW))
+
+
+def decoder_layer_names(model: nn.Module) -> set[str]:
+    """Class names of a transformers model's decoder layers (its `_no_split_modules`)."""
+    names: set[str] = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    return names
+
+
+def shards_parameters(strategy: Any) -> bool:
+    """Whether `strategy` splits the parameters themselves over ranks (FSDP, ZeRO-3)."""
+    if isinstance(strategy, ModelParallelStrategy | FSDPStrategy):
+        return True
+    return isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3
+
+
+def shard(module: Any, roots: list[nn.Module | None], frozen: list[nn.Module | None] = ()) -> None:
+    """Prepare `module` for its Trainer's engine; called from the players' `configure_model`.
+
+    Under an engine that shards parameters, `frozen` modules (never fitted again) keep a copy of
+    their full weights first (see `apo.distributed.full_state_dict`). Under FSDP2, each root
+    (the modules the LightningModule calls directly; their forward gathers their own
+    parameters) gets `fully_shard` on its decoder layers, then on itself. Modules sharded by an
+    earlier Trainer are kept as they are, so the same module can be fitted and used again.
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    from apo.distributed import remember_frozen_state
+
+    strategy = module.trainer.strategy
+    if not shards_parameters(strategy):
+        return
+    for m in frozen:
+        if m is not None:
+            remember_frozen_state(m)
+    if not isinstance(strategy, ModelParallelStrategy):
+        return
+    mesh = strategy.device_mesh["data_parallel"]
+    for root in roots:
+        if root is None or isinstance(root, FSDPModule):
+            continue
+        layers = decoder_layer_names(root)
+        n = 0
+        for m in root.modules():
+            if type(m).__name__ in layers and not isinstance(m, FSDPModule):
+                fully_shard(m, mesh=mesh)
+                n += 1
+        fully_shard(root, mesh=mesh)
+        log.info(
+            "FSDP2: sharded %s (%d decoder layers) over %d ranks",
+            type(root).__name__,
+            n,
+            mesh.size(),
+        )
+
+
+def _plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def _fsdp(c: dict[str, Any]) -> Strategy:
+    version = c.get("version", 2)
+    if version == 2:
+        return FSDP2Strategy(process_group_backend=c.get("process_group_backend"))
+    if version != 1:
+        raise ValueError(f"strategy fsdp: version must be 1 or 2, got {version!r}")
+    layers = {get_class(path) for path in c.get("layer_classes") or []}
+    if not layers:
+        raise ValueError("strategy fsdp version 1: layer_classes (decoder-layer classes) is empty")
+    return FSDPStrategy(
+        auto_wrap_policy=layers,
+        activation_checkpointing_policy=layers if c.get("activation_checkpointing") else None,
+        sharding_strategy=c.get("sharding_strategy", "FULL_SHARD"),
+        cpu_offload=bool(c.get("cpu_offload", False)),
+        process_group_backend=c.get("process_group_backend"),
+        state_dict_type="full",
+    )
+
+
+def _deepspeed(c: dict[str, Any]) -> Strategy:
+    stage = c.get("stage", 2)
+    if stage not in (1, 2, 3):
+        raise ValueError(f"strategy deepspeed: stage must be 1, 2 or 3, got {stage!r}")
+    offload_optimizer = bool(c.get("offload_optimizer", False))
+    return CPUDeepSpeedStrategy(
+        stage=stage,
+        offload_optimizer=offload_optimizer,
+        offload_parameters=bool(c.get("offload_parameters", False)),
+        process_group_backend=c.get("process_group_backend"),
+        # only DeepSpeed's throughput log reads it; Lightning would read it off the train loader,
+        # which fails on the RM's combined loader
+        logging_batch_size_per_gpu=1,
+        # DeepSpeed's offloaded optimizer step runs in its CPU Adam
+        cpu_adam=offload_optimizer,
+    )
 
 
 def build_strategy(cfg: DictConfig | dict[str, Any]) -> tuple[Strategy | str, int | str]:
     """Return `(strategy, devices)` for a Trainer.
 
-    `cfg.name` picks the engine; `cfg.devices` is the number of processes (CPU) or accelerators
-    per node. On CPU, DDP uses gloo; on GPUs the same config uses NCCL.
+    `cfg.name` picks the engine (see `STRATEGIES`); `cfg.devices` is the number of processes
+    (CPU) or accelerators per node. On CPU the process group uses gloo; on GPUs, NCCL.
     """
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    c = _plain(cfg)
     name = c.get("name", "auto")
     devices = c.get("devices", 1)
     if name == "auto":
@@ -28,4 +269,8 @@ def build_strategy(cfg: DictConfig | dict[str, Any]) -> tuple[Strategy | str, in
             ),
             devices,
         )
-    raise ValueError(f"unknown strategy {name!r}: expected one of auto, ddp")
+    if name == "fsdp":
+        return _fsdp(c), devices
+    if name == "deepspeed":
+        return _deepspeed(c), devices
+    raise ValueError(f"unknown strategy {name!r}: expected one of {', '.join(STRATEGIES)}")

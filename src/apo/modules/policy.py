@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -11,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apo.distributed import plain_copy, remember_full_state, skeleton
 from apo.losses.policy import POLICY_OBJECTIVES
 from apo.modules.sampling import sample
+from apo.strategies import shard
 
 
 def sequence_logps(
@@ -53,6 +54,9 @@ class PolicyModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.ref_model: nn.Module | None = None
+        # the architecture without weights, to copy the reference from once `model` is sharded
+        # (not a submodule, so no engine wraps or shards it)
+        object.__setattr__(self, "_skeleton", skeleton(model))
         self.optimizer_factory = optimizer
         self.set_objective(objective, objective_kwargs or {})
         self.generation = dict(generation or {})
@@ -72,8 +76,15 @@ class PolicyModule(L.LightningModule):
 
     def snapshot_reference(self) -> None:
         """Freeze a copy of the current policy as `pi_ref` (done once, after the warm start)."""
-        self.ref_model = copy.deepcopy(self.model).eval()
+        self.ref_model = plain_copy(self.model, self._skeleton).eval()
         self.ref_model.requires_grad_(False)
+
+    def configure_model(self) -> None:
+        # the reference is sharded like the policy; it keeps its full weights for saving
+        shard(self, [self.model, self.ref_model], frozen=[self.ref_model])
+
+    def on_fit_end(self) -> None:
+        remember_full_state(self.model)
 
     def _flat_logps(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         B, k, T = batch["input_ids"].shape

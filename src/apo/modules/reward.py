@@ -9,7 +9,9 @@ import lightning as L
 import torch
 from torch import nn
 
+from apo.distributed import remember_full_state
 from apo.losses.rm import RM_LOSSES, reward_centering
+from apo.strategies import shard
 
 POOLINGS = ("last", "eos", "average", "max")
 
@@ -86,6 +88,13 @@ class RewardModule(L.LightningModule):
         if self.pooling == "average":
             return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
         return values.masked_fill(~m, torch.finfo(values.dtype).min).amax(-1)
+
+    def configure_model(self) -> None:
+        # `forward` calls the backbone and the head directly, so each is an FSDP2 root
+        shard(self, [self.model.base_model, self.model.score])
+
+    def on_fit_end(self) -> None:
+        remember_full_state(self.model)
 
     def listwise_rewards(self, batch: dict) -> torch.Tensor:
         B, k, T = batch["input_ids"].shape

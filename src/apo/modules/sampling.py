@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from apo.distributed import all_ranks, sharding
+
 
 def _filter(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     if top_k and top_k < logp.shape[-1]:
@@ -73,6 +75,9 @@ def sample(
     if mixture > 0:
         streams.append(_Stream(ref_model, ids, att))
     n = ids.shape[0]
+    # A sharded model gathers its weights in every forward, a collective: all ranks must run
+    # the same number of steps, so they stop together when every rank's rows are done.
+    lockstep = any(sharding(s.model) is not None for s in streams)
     done = torch.zeros(n, dtype=torch.bool, device=ids.device)
     out = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=ids.device)
     for t in range(max_new_tokens):
@@ -87,7 +92,10 @@ def sample(
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         out[:, t] = token
         done |= token == eos_token_id
-        if bool(done.all()) or t == max_new_tokens - 1:
+        finished = bool(done.all())
+        if lockstep:
+            finished = all_ranks(finished, done.device)
+        if finished or t == max_new_tokens - 1:
             break
         att = torch.cat([att, torch.ones_like(att[:, :1])], dim=-1)
         for s in streams:

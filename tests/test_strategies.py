@@ -1,0 +1,219 @@
+"""Strategies: every config builds its Lightning object; 2-process games on CPU for every engine,
+agreeing with one process and with DDP; per-round weights reload into plain transformers models.
+
+How the 2-process runs are made comparable (the tolerances below rest on this):
+- 1 vs 2 processes: the warm-start fits use half the per-process batch in 2 processes, so the
+  global batch (32) and, with Lightning's seeded DistributedSampler (also used by DDP in one
+  process), the examples of every step are the same. The RM loss is a mean over preference
+  pairs and every tiny human item holds exactly one pair, so the mean of the two ranks' means
+  is the single-process mean: the base RM must match up to float summation order. (The policy's
+  SFT loss is a token mean over the batch, which no data-parallel engine reproduces exactly
+  across process counts, so the policy is compared engine against DDP instead.)
+- engine vs DDP, both in 2 processes: same data on the same rank, same per-rank sampling seeds,
+  so the whole 2-round game (generation, RM scores, second fits of both players) must agree.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
+from safetensors.torch import load_file
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+from apo.strategies import (
+    STRATEGIES,
+    CPUDeepSpeedStrategy,
+    FSDP2Strategy,
+    build_strategy,
+    to_cpu_adam,
+)
+from tests.conftest import ROOT, compose_cfg
+from tests.test_cli import apo_train
+
+ENGINES = ["fsdp", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_3_offload"]
+#: same global batch as the single-process reference (32) in the warm-start fits
+HALF_BATCH = ["policy.sft_batch_size=16", "rm.batch_size=16"]
+#: max |w - w_ref| of the base RM, 1 vs 2 processes. Float summation order alone gives ~1e-7
+#: per step; 4 Adam steps at lr 5e-4 move weights by up to 2e-3, and a wrong global batch (not
+#: halving it) moves them by about that much, so 1e-5 separates the two by > 100x.
+TOL_PROCESSES = 1e-5
+#: max |w - w_ddp| of any saved weight after 2 rounds (7 fits, ~40 Adam steps): float order
+#: differs between engines (reduce-scatter vs all-reduce, DeepSpeed's flat buffers).
+TOL_ENGINE = 1e-4
+
+
+# ---- fast: configs -> Lightning objects ---------------------------------------------------------
+def test_registry_names_and_config_files_are_in_sync():
+    files = {p.stem for p in (ROOT / "configs" / "strategy").glob("*.yaml")}
+    listed = [f for fs in STRATEGIES.values() for f in fs]
+    assert sorted(listed) == sorted(files)
+    for name, fs in STRATEGIES.items():
+        for f in fs:
+            assert compose_cfg([f"strategy={f}"]).strategy.name == name, f
+
+
+def _built(*overrides: str):
+    cfg = compose_cfg(list(overrides))
+    return build_strategy(cfg.strategy)
+
+
+def test_auto_and_ddp_build_as_before():
+    assert _built("strategy=auto") == ("auto", 1)
+    s, devices = _built("strategy=ddp")
+    assert type(s) is DDPStrategy and devices == 2 and s._start_method == "popen"
+
+
+def test_fsdp_builds_fsdp2_by_default_and_fsdp1_with_decoder_layer_auto_wrap():
+    s, devices = _built("strategy=fsdp")
+    assert isinstance(s, FSDP2Strategy) and isinstance(s, ModelParallelStrategy) and devices == 2
+    s1, _ = _built("strategy=fsdp", "strategy.version=1", "strategy.activation_checkpointing=true")
+    assert type(s1) is FSDPStrategy
+    policy = s1.kwargs["auto_wrap_policy"]
+    assert isinstance(policy, ModuleWrapPolicy)
+    assert policy._module_classes == {LlamaDecoderLayer}
+    assert s1.sharding_strategy.name == "FULL_SHARD"
+    assert s1._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {
+        LlamaDecoderLayer
+    }
+    with pytest.raises(ValueError, match="version must be 1 or 2"):
+        _built("strategy=fsdp", "strategy.version=3")
+    with pytest.raises(ValueError, match="layer_classes"):
+        _built("strategy=fsdp", "strategy.version=1", "strategy.layer_classes=[]")
+
+
+@pytest.mark.parametrize(
+    "config, stage, offload",
+    [
+        ("deepspeed_stage_2", 2, False),
+        ("deepspeed_stage_3", 3, False),
+        ("deepspeed_stage_3_offload", 3, True),
+    ],
+)
+def test_deepspeed_configs_build_their_zero_stage(config: str, stage: int, offload: bool):
+    s, devices = _built(f"strategy={config}")
+    assert isinstance(s, CPUDeepSpeedStrategy) and devices == 2
+    zero = s.config["zero_optimization"]
+    assert zero["stage"] == stage
+    assert ("offload_optimizer" in zero) == offload and ("offload_param" in zero) == offload
+    if offload:
+        assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    assert s.cpu_adam == offload
+    assert s.config["train_micro_batch_size_per_gpu"] == 1
+
+
+def test_unknown_strategy_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown strategy 'zero9'.*deepspeed"):
+        build_strategy({"name": "zero9"})
+
+
+def test_cpu_adam_keeps_the_players_optimizer_settings():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    opt = to_cpu_adam(torch.optim.AdamW(params, lr=3e-4, betas=(0.8, 0.9), weight_decay=0.1))
+    assert type(opt).__name__ == "DeepSpeedCPUAdam" and opt.adam_w_mode
+    g = opt.param_groups[0]
+    assert (g["lr"], g["betas"], g["weight_decay"]) == (3e-4, (0.8, 0.9), 0.1)
+    assert g["params"][0] is params[0]
+    with pytest.raises(ValueError, match="Adam or AdamW.*SGD"):
+        to_cpu_adam(torch.optim.SGD(params, lr=0.1))
+
+
+# ---- slow: real 2-process games -----------------------------------------------------------------
+@cache
+def _run(tag: str, *overrides: str) -> Path:
+    """One `apo-train` run per distinct setting per session, shared by the tests."""
+    run = Path(_tmp_root()) / tag
+    proc = apo_train("experiment=tiny", *overrides, f"hydra.run.dir={run}", timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (run / "output.log").write_text(proc.stdout + proc.stderr)
+    return run
+
+
+@cache
+def _tmp_root() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="apo_strategies_")
+
+
+def _weights(run: Path, r: int, player: str) -> dict[str, torch.Tensor]:
+    return load_file(run / "rounds" / f"round_{r:02d}" / player / "model.safetensors")
+
+
+def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def _single_process() -> Path:
+    return _run("single", "strategy=ddp", "strategy.devices=1", "game.rounds=0")
+
+
+def _ddp() -> Path:
+    return _run("ddp", "strategy=ddp", *HALF_BATCH)
+
+
+def _summary(run: Path) -> list[dict]:
+    return json.loads((run / "summary.json").read_text())["rounds"]
+
+
+def _assert_same_game(run: Path, ref: Path) -> None:
+    for r in range(3):
+        for player in ("policy", "rm"):
+            d = _max_diff(_weights(run, r, player), _weights(ref, r, player))
+            assert d < TOL_ENGINE, (r, player, d)
+    for got, want in zip(_summary(run), _summary(ref), strict=True):
+        assert got["rm/val/acc"] == want["rm/val/acc"]
+        assert got["policy/gold_reward"] == pytest.approx(want["policy/gold_reward"], abs=1e-6)
+        assert got["policy/kl"] == pytest.approx(want["policy/kl"], abs=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("engine", ENGINES)
+def test_two_process_game(engine: str):
+    run = _run(engine, f"strategy={engine}", *HALF_BATCH)
+    log = (run / "output.log").read_text()
+    assert "MEMBER: 2/2" in log
+    if engine == "fsdp":
+        assert "FSDP2: sharded LlamaForCausalLM (1 decoder layers) over 2 ranks" in log
+        assert "FSDP2: sharded LlamaModel (1 decoder layers) over 2 ranks" in log
+    else:
+        stage = 3 if "stage_3" in engine else 2
+        assert f"DeepSpeed ZeRO stage {stage} over 2 processes" in log
+    assert [r["round"] for r in _summary(run)] == [0, 1, 2]
+
+    # 1 vs 2 processes, same global batch: the base RM after the warm start
+    single = _weights(_single_process(), 0, "rm")
+    assert _max_diff(_weights(run, 0, "rm"), single) < TOL_PROCESSES
+    # the whole game, second fits included, against 2-process DDP
+    _assert_same_game(run, _ddp())
+    # the second round's fits moved both players (a stale engine hook would freeze them)
+    for player in ("policy", "rm"):
+        assert _max_diff(_weights(run, 2, player), _weights(run, 1, player)) > 100 * TOL_ENGINE
+
+    # the saved rounds reload into plain transformers models with exactly those weights
+    d = run / "rounds" / "round_02"
+    policy = AutoModelForCausalLM.from_pretrained(d / "policy")
+    rm = AutoModelForSequenceClassification.from_pretrained(d / "rm")
+    for model, player in ((policy, "policy"), (rm, "rm")):
+        saved = _weights(run, 2, player)
+        assert _max_diff({k: v for k, v in model.state_dict().items() if k in saved}, saved) == 0
+    ids = torch.tensor([[1, 5, 6, 7]])
+    assert torch.isfinite(policy(ids).logits).all() and rm(ids).logits.shape == (1, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_per_player_strategies_mix_engines():
+    run = _run("mixed", "strategy=fsdp", "strategy@rm_strategy=deepspeed_stage_2", *HALF_BATCH)
+    log = (run / "output.log").read_text()
+    assert "FSDP2: sharded LlamaForCausalLM" in log and "FSDP2: sharded LlamaModel" not in log
+    assert "DeepSpeed ZeRO stage 2 over 2 processes" in log
+    _assert_same_game(run, _ddp())
