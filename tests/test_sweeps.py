@@ -161,9 +161,8 @@ def test_basic_multirun_two_jobs(tmp_path: Path):
 @pytest.mark.multiprocess
 def test_submitit_local_two_jobs(tmp_path: Path):
     sweep = tmp_path / "local"
-    proc = apo_train(
-        "-m", "launcher=local", *TINY, "game.apo_coeff=0,1", f"hydra.sweep.dir={sweep}"
-    )
+    # no `-m`: the launcher configs imply a multirun
+    proc = apo_train("launcher=local", *TINY, "game.apo_coeff=0,1", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = check_apo_coeff_jobs(sweep)
     # submitit's own records: one folder per job, each task's log and pickled result
