@@ -193,8 +193,7 @@ def shard(module: Any, roots: list[nn.Module | None], frozen: list[nn.Module | N
     for root in roots:
         if root is None or isinstance(root, FSDPModule):
             continue
-        layers = decoder_layer_names(root)
-        n = 0
+        layers, name, n = decoder_layer_names(root), type(root).__name__, 0
         for m in root.modules():
             if type(m).__name__ in layers and not isinstance(m, FSDPModule):
                 fully_shard(m, mesh=mesh)
@@ -202,7 +201,7 @@ def shard(module: Any, roots: list[nn.Module | None], frozen: list[nn.Module | N
         fully_shard(root, mesh=mesh)
         log.info(
             "FSDP2: sharded %s (%d decoder layers) over %d ranks",
-            type(root).__name__,
+            name,
             n,
             mesh.size(),
         )
