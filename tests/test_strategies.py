@@ -219,3 +219,25 @@ def test_per_player_strategies_mix_engines():
     assert "FSDP2: sharded LlamaForCausalLM" in log and "FSDP2: sharded LlamaModel" not in log
     assert "DeepSpeed ZeRO stage 2 over 2 processes" in log
     _assert_same_game(run, _ddp())
+
+
+def test_trainer_devices_and_num_nodes_reach_every_engine(tmp_path: Path):
+    from apo.game import GameLoop
+
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "strategy=fsdp",
+            "strategy@rm_strategy=deepspeed_stage_3",
+            "trainer.devices=1",
+            "trainer.num_nodes=2",
+        ],
+        run_dir=tmp_path,
+    )
+    game = GameLoop(cfg)
+    policy, rm = game.make_trainer("policy", "warmup"), game.make_trainer("rm", None)
+    assert isinstance(policy.strategy, FSDP2Strategy) and isinstance(
+        rm.strategy, CPUDeepSpeedStrategy
+    )
+    for t in (policy, rm):
+        assert (t.num_devices, t.num_nodes, t.world_size) == (1, 2, 2)
