@@ -16,7 +16,6 @@ How the 2-process runs are made comparable (the tolerances below rest on this):
 from __future__ import annotations
 
 import json
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -126,21 +125,31 @@ def test_cpu_adam_keeps_the_players_optimizer_settings():
 
 
 # ---- slow: real 2-process games -----------------------------------------------------------------
-@cache
-def _run(tag: str, *overrides: str) -> Path:
-    """One `apo-train` run per distinct setting per session, shared by the tests."""
-    run = Path(_tmp_root()) / tag
-    proc = apo_train("experiment=tiny", *overrides, f"hydra.run.dir={run}", timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (run / "output.log").write_text(proc.stdout + proc.stderr)
-    return run
+class Runs:
+    """`apo-train` runs under one session tmp dir, each distinct setting played once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.done = root, {}
+
+    def __call__(self, tag: str, *overrides: str) -> Path:
+        if tag not in self.done:
+            run = self.root / tag
+            proc = apo_train("experiment=tiny", *overrides, f"hydra.run.dir={run}", timeout=1200)
+            assert proc.returncode == 0, proc.stderr[-4000:]
+            (run / "output.log").write_text(proc.stdout + proc.stderr)
+            self.done[tag] = run
+        return self.done[tag]
+
+    def single_process(self) -> Path:
+        return self("single", "strategy=ddp", "strategy.devices=1", "game.rounds=0")
+
+    def ddp(self) -> Path:
+        return self("ddp", "strategy=ddp", *HALF_BATCH)
 
 
-@cache
-def _tmp_root() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="apo_strategies_")
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("strategies"))
 
 
 def _weights(run: Path, r: int, player: str) -> dict[str, torch.Tensor]:
@@ -150,14 +159,6 @@ def _weights(run: Path, r: int, player: str) -> dict[str, torch.Tensor]:
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k] - b[k]).abs().max()) for k in a)
-
-
-def _single_process() -> Path:
-    return _run("single", "strategy=ddp", "strategy.devices=1", "game.rounds=0")
-
-
-def _ddp() -> Path:
-    return _run("ddp", "strategy=ddp", *HALF_BATCH)
 
 
 def _summary(run: Path) -> list[dict]:
@@ -178,8 +179,8 @@ def _assert_same_game(run: Path, ref: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("engine", ENGINES)
-def test_two_process_game(engine: str):
-    run = _run(engine, f"strategy={engine}", *HALF_BATCH)
+def test_two_process_game(engine: str, runs: Runs):
+    run = runs(engine, f"strategy={engine}", *HALF_BATCH)
     log = (run / "output.log").read_text()
     assert "MEMBER: 2/2" in log
     if engine == "fsdp":
@@ -191,10 +192,10 @@ def test_two_process_game(engine: str):
     assert [r["round"] for r in _summary(run)] == [0, 1, 2]
 
     # 1 vs 2 processes, same global batch: the base RM after the warm start
-    single = _weights(_single_process(), 0, "rm")
+    single = _weights(runs.single_process(), 0, "rm")
     assert _max_diff(_weights(run, 0, "rm"), single) < TOL_PROCESSES
     # the whole game, second fits included, against 2-process DDP
-    _assert_same_game(run, _ddp())
+    _assert_same_game(run, runs.ddp())
     # the second round's fits moved both players (a stale engine hook could freeze them): one
     # Adam step at lr 1e-3 moves the largest weight change by ~1e-3, far above the tolerance
     for player in ("policy", "rm"):
@@ -213,12 +214,12 @@ def test_two_process_game(engine: str):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_per_player_strategies_mix_engines():
-    run = _run("mixed", "strategy=fsdp", "strategy@rm_strategy=deepspeed_stage_2", *HALF_BATCH)
+def test_per_player_strategies_mix_engines(runs: Runs):
+    run = runs("mixed", "strategy=fsdp", "strategy@rm_strategy=deepspeed_stage_2", *HALF_BATCH)
     log = (run / "output.log").read_text()
     assert "FSDP2: sharded LlamaForCausalLM" in log and "FSDP2: sharded LlamaModel" not in log
     assert "DeepSpeed ZeRO stage 2 over 2 processes" in log
-    _assert_same_game(run, _ddp())
+    _assert_same_game(run, runs.ddp())
 
 
 def test_trainer_devices_and_num_nodes_reach_every_engine(tmp_path: Path):

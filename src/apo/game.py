@@ -494,7 +494,7 @@ class GameLoop:
                 # written beside and renamed, so a killed run never leaves a half-saved test RM
                 tmp = out.with_name(f".{out.name}.tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
-                model.save_pretrained(str(tmp))
+                model.save_pretrained(str(tmp), state_dict=full_state_dict(model))
                 self.tokenizer.save_pretrained(str(tmp))
                 os.replace(tmp, out)
         val = predict_gathered(
