@@ -268,7 +268,9 @@ def plot_metric(
     path: Path,
     baseline: str = "",
 ) -> Path:
-    """One line per group (mean ± s.e. band); baseline groups dashed, pairs share a colour."""
+    """One line per group (mean ± s.e. band). Groups that differ only in the baseline's key
+    share a colour; the baseline is dashed and the others differ in marker and line style.
+    Overrides common to every group are left out of the legend."""
     from matplotlib import colormaps
 
     fig, ax = _figure(9.0, 4.2)
@@ -277,22 +279,30 @@ def plot_metric(
     def stem(group: str) -> str:
         return " ".join(p for p in group.split(" ") if not (key and p.startswith(f"{key}=")))
 
+    common = set.intersection(*(set(g.split(" ")) for g in table)) if len(table) > 1 else set()
     stems = sorted({stem(g) for g in table})
     colors = colormaps["tab10" if len(stems) <= 10 else "tab20"]
+    seen: dict[str, int] = defaultdict(int)
     for group, cells in table.items():
         rounds = sorted(cells)
         m = [cells[r][0] for r in rounds]
         se = [cells[r][1] if math.isfinite(cells[r][1]) else 0.0 for r in rounds]
-        style = "--" if baseline and baseline in group.split(" ") else "-"
         color = colors(stems.index(stem(group)) % colors.N)
-        line = ax.plot(rounds, m, style, marker="o", label=group, color=color)[0]
+        if baseline and baseline in group.split(" "):
+            style, marker = "--", "o"
+        else:
+            i = seen[stem(group)]
+            seen[stem(group)] += 1
+            style, marker = ("-", "-.", ":")[i % 3], ("s", "^", "D", "v")[i % 4]
+        label = " ".join(p for p in group.split(" ") if p not in common) or group
+        line = ax.plot(rounds, m, style, marker=marker, label=label, color=color)[0]
         ax.set_xticks(rounds)
         ax.fill_between(
             rounds,
             [a - b for a, b in zip(m, se)],
             [a + b for a, b in zip(m, se)],
             color=line.get_color(),
-            alpha=0.15,
+            alpha=0.12,
         )
     ax.grid(alpha=0.3)
     return _save(fig, ax, path, "round", metric, f"{metric} by round (mean ± s.e. over seeds)")
