@@ -31,7 +31,7 @@ def test_one_round_per_objective(objective: str, mixture: float, tmp_path):
     with open_dict(cfg):
         cfg.game.save_weights = False
     game = GameLoop(cfg)
-    game.warm_start()
+    game.phase_warm_start(0)
     assert game.policy.generation["mixture"] == mixture
     before = {k: v.detach().clone() for k, v in game.policy.model.named_parameters()}
     ref_before = {k: v.detach().clone() for k, v in game.policy.ref_model.named_parameters()}

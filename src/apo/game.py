@@ -215,6 +215,12 @@ class GameLoop:
         rounds = range(1, self.cfg.game.rounds + 1)
         return [(0, "warm_start"), (0, "evaluate")] + [(r, p) for r in rounds for p in ROUND_PHASES]
 
+    def play_round(self, r: int) -> None:
+        """Play round `r`'s phases in memory, without saving the game state (for scripts and
+        tests that drive the loop themselves; `run` is the resumable game)."""
+        for name in ROUND_PHASES:
+            getattr(self, f"phase_{name}")(r)
+
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         self.store = checkpoint.StateStore(self.run_dir)
