@@ -16,9 +16,7 @@ saved; a fit killed midway is played again from the phase's start.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from apo.distributed import gather_objects, global_rank
-from apo.records import write_json
+from apo.records import atomic_file, write_json
 
 STATE_DIR = "state"
 STATE_FILE = "game_state.pt"
@@ -121,15 +119,8 @@ def check_config(saved: str, cfg: DictConfig, path: Path) -> list[str]:
 # ---- files ---------------------------------------------------------------------------------------
 def atomic_save(obj: Any, path: Path) -> None:
     """`torch.save` to a temporary file beside `path`, synced, then renamed over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _load(path: Path) -> Any:

@@ -7,6 +7,8 @@ them without this package, and so does `policy.model_name_or_path` / `rm.model_n
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,17 @@ def save_player(
     strategy); it must have the keys of `model.state_dict()`.
     """
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     if has_lora(model):
         model, state_dict = merged_copy(model, state_dict), None
-    model.save_pretrained(str(d), state_dict=state_dict)
-    tokenizer.save_pretrained(str(d))
+    # written beside and renamed into place (an old `directory` is replaced), so a killed run
+    # never leaves a half-written checkpoint
+    tmp, old = d.with_name(f".{d.name}.tmp"), d.with_name(f".{d.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), state_dict=state_dict)
+    tokenizer.save_pretrained(str(tmp))
+    if d.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(d, old)
+    os.replace(tmp, d)
+    shutil.rmtree(old, ignore_errors=True)
     return d

@@ -7,8 +7,6 @@ The game is a list of named phases; the game state is saved after each (`apo.che
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -497,12 +495,7 @@ class GameLoop:
             self.test_rm.log_prefix = "test_rm/train"
             self.make_trainer("rm", None, tcfg).fit(self.test_rm, datamodule=dm)
             if is_global_zero():
-                # written beside and renamed, so a killed run never leaves a half-saved test RM
-                tmp = out.with_name(f".{out.name}.tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                model.save_pretrained(str(tmp), state_dict=full_state_dict(model))
-                self.tokenizer.save_pretrained(str(tmp))
-                os.replace(tmp, out)
+                save_player(model, self.tokenizer, out, state_dict=full_state_dict(model))
         val = predict_gathered(
             self.make_trainer("rm", None),
             self.test_rm,

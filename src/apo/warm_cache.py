@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from apo.records import atomic_file
 
 #: config paths that change the warm start (everything else is ignored by the key)
 KEY_PATHS = (
@@ -78,14 +78,7 @@ def load(cache_dir: str | Path, key: str) -> dict[str, Any] | None:
 
 def save(cache_dir: str | Path, key: str, state: dict[str, Any]) -> Path:
     """Write atomically: a job that dies mid-write leaves no half file for the next one."""
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"warm_start_{key}.pt"
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    path = Path(cache_dir) / f"warm_start_{key}.pt"
+    with atomic_file(path, "wb") as f:
+        torch.save(state, f)
     return path

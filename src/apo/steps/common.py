@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,23 +82,6 @@ def build_rm(model: Any, tok: Any, cfg: DictConfig, optimizer: Any = None) -> An
         margin=g.get("rm_margin", 0.0),
         eos_token_id=tok.eos_token_id,
     )
-
-
-def save_model_dir(model: Any, tok: Any, out: str | Path) -> Path:
-    """`save_pretrained` of model and tokenizer into `out`, written beside and renamed into
-    place, so a killed command never leaves a half-written model (an old `out` is replaced)."""
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    old = out.with_name(f".{out.name}.old")
-    if out.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
 
 
 # ---- Trainers and data ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from apo.data.adapters import load_golden
 from apo.data.game_data import GameData, ListwiseItem
 from apo.distributed import is_global_zero, predict_gathered
+from apo.export import save_player
 from apo.metrics import pairwise_agreement
 from apo.records import write_json
 from apo.steps.common import (
@@ -27,7 +28,6 @@ from apo.steps.common import (
     model_dir,
     plain,
     read_sample_sets,
-    save_model_dir,
 )
 from apo.train import CONFIG_DIR, quiet_libraries
 
@@ -119,7 +119,7 @@ def train_rm(cfg: DictConfig) -> dict[str, float]:
     if not all(math.isfinite(v) for v in metrics.values()):
         raise FloatingPointError(f"RM training diverged: {metrics}; lower rm.optimizer.lr")
     if is_global_zero():
-        out = save_model_dir(model, tok, cfg.output)
+        out = save_player(model, tok, cfg.output)
         write_json(out / "train_metrics.json", metrics)
         log.info("saved the RM to %s: %s", out, metrics)
     return metrics

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from apo.data.adapters.errors import DataFormatError, Where
+from apo.records import atomic_file
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -89,12 +88,5 @@ def write_records(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
     if path.name.endswith(".gz"):
         # mtime=0: the same records always give the same bytes.
         data = gzip.compress(data, mtime=0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        f.write(data)
