@@ -30,7 +30,13 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     # Every character is its own pre-token; the decoder glues tokens back without spaces.
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
+    return fast_tokenizer(core)
+
+
+def fast_tokenizer(core: Tokenizer) -> PreTrainedTokenizerFast:
+    """A transformers tokenizer around `core` with the game's special tokens, right padding and
+    left truncation (prompts keep their end)."""
+    return PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token=PAD,
         bos_token=BOS,
@@ -39,4 +45,3 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
         padding_side="right",
         truncation_side="left",
     )
-    return tok

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from apo.tokenizer import BOS, EOS, PAD, SPECIAL_TOKENS, UNK
+from apo.tokenizer import SPECIAL_TOKENS, fast_tokenizer
 
 
 def train_bpe_tokenizer(
@@ -39,12 +39,4 @@ def train_bpe_tokenizer(
         show_progress=False,
     )
     core.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token=PAD,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        padding_side="right",
-        truncation_side="left",
-    )
+    return fast_tokenizer(core)

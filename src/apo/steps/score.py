@@ -4,6 +4,7 @@ sample, written in the APO comparison format (`text`: query<sep>sample, `scores`
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import hydra
@@ -48,16 +49,12 @@ def score(cfg: DictConfig) -> list[ListwiseItem]:
     ]
     out = predict_gathered(make_trainer(cfg), rm, dm.listwise_loader(items, "score"))
     scored = [ListwiseItem(s.query, s.samples, o["rewards"]) for s, o in zip(sets, out)]
-    bad = next((s for s, it in zip(sets, scored) if not all(map(_finite, it.scores))), None)
+    bad = next((s for s, it in zip(sets, scored) if not all(map(math.isfinite, it.scores))), None)
     if bad is not None:
         raise DataFormatError(d, f"the RM gave a non-finite score for query_id {bad.query_id!r}")
     write_comparisons(cfg.output, scored, sep=cfg.sep, query_ids=[s.query_id for s in sets])
     log.info("scored %d queries with %s -> %s", len(scored), d, cfg.output)
     return scored
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
