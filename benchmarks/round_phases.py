@@ -17,16 +17,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
+from apo.game import PHASE_TIMERS
 from apo.train import CONFIG_DIR, train
-
-PHASES = [
-    "time/generate_s",
-    "time/rm_fit_s",
-    "time/score_s",
-    "time/reference_s",
-    "time/policy_fit_s",
-    "time/evaluate_s",
-]
 
 
 def main(overrides: list[str]) -> None:
@@ -44,10 +36,10 @@ def main(overrides: list[str]) -> None:
         f"warm start (SFT + base RM): {rounds[0]['time/warm_start_s']:.1f} s; "
         f"round-0 evaluation {rounds[0]['time/evaluate_s']:.1f} s"
     )
-    head = ["round"] + [p.split("/")[1][:-2] for p in PHASES] + ["total", "gen tok/s"]
+    head = ["round"] + [p.split("/")[1][:-2] for p in PHASE_TIMERS] + ["total", "gen tok/s"]
     print("  ".join(f"{h:>10}" for h in head))
     for r in rounds[1:]:
-        cells = [r.get(p, 0.0) for p in PHASES]
+        cells = [r.get(p, 0.0) for p in PHASE_TIMERS]
         row = (
             [str(r["round"])]
             + [f"{c:.2f}" for c in cells]

@@ -22,17 +22,10 @@ from pathlib import Path
 
 import psutil
 
+from apo.game import PHASE_TIMERS
 from apo.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUND_PHASES = (
-    "time/generate_s",
-    "time/rm_fit_s",
-    "time/score_s",
-    "time/reference_s",
-    "time/policy_fit_s",
-    "time/evaluate_s",
-)
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -70,7 +63,7 @@ def run(strategy: str, overrides: list[str], out: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"strategy={strategy} failed:\n{proc.stderr.read()[-3000:]}")
     rounds = json.loads((out / "summary.json").read_text())["rounds"]
-    per_round = [sum(r.get(k, 0.0) for k in ROUND_PHASES) for r in rounds if r["round"] >= 1]
+    per_round = [sum(r.get(k, 0.0) for k in PHASE_TIMERS) for r in rounds if r["round"] >= 1]
     return {
         "strategy": strategy,
         "processes": len(peaks),

@@ -63,6 +63,8 @@ NO_ORACLE_KEYS = {
 
 #: what a round does, in order; the game state is saved after each phase
 ROUND_PHASES = ("generate", "rm_fit", "score", "reference", "policy_fit", "evaluate")
+#: the summary key timing each round phase
+PHASE_TIMERS = tuple(f"time/{p}_s" for p in ROUND_PHASES)
 #: the weights each phase changes; a saved state keeps the others' latest files
 PHASE_WEIGHTS = {
     "warm_start": ("policy", "ref", "rm"),

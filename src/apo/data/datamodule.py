@@ -90,13 +90,7 @@ class GameDataModule(L.LightningDataModule):
         enc = self.encoders[player]
         p = self.prompt_ids(prompt, player)
         seqs = [enc.sequence(p, enc.response(r)) for r in responses]
-        return {
-            "index": index,
-            "prompt_len": len(p),
-            "seqs": seqs,
-            "scores": scores,
-            "pad_id": enc.tok.pad_token_id,
-        }
+        return _item(index, p, seqs, scores, enc)
 
     def ids_item(
         self,
@@ -114,13 +108,7 @@ class GameDataModule(L.LightningDataModule):
         p = self.prompt_ids(prompt, player)
         eos = enc.tok.eos_token_id
         seqs = [enc.sequence(p, r + [eos]) for r in responses]
-        return {
-            "index": index,
-            "prompt_len": len(p),
-            "seqs": seqs,
-            "scores": scores,
-            "pad_id": enc.tok.pad_token_id,
-        }
+        return _item(index, p, seqs, scores, enc)
 
     def human_items(self, items: list[ListwiseItem], player: str = "policy") -> list[dict]:
         return [
@@ -260,3 +248,16 @@ class GameDataModule(L.LightningDataModule):
             for it, ref in zip(items, self.policy_ref_logps):
                 it["ref_logps"] = ref
         return items
+
+
+def _item(
+    index: int, prompt_ids: list[int], seqs: list[list[int]], scores: list[float], enc: Encoder
+) -> dict:
+    """A listwise item as the collators read it."""
+    return {
+        "index": index,
+        "prompt_len": len(prompt_ids),
+        "seqs": seqs,
+        "scores": scores,
+        "pad_id": enc.tok.pad_token_id,
+    }
