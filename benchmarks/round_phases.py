@@ -17,7 +17,6 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from apo.game import PHASE_TIMERS
 from apo.train import CONFIG_DIR, train
 
 
@@ -36,10 +35,11 @@ def main(overrides: list[str]) -> None:
         f"warm start (SFT + base RM): {rounds[0]['time/warm_start_s']:.1f} s; "
         f"round-0 evaluation {rounds[0]['time/evaluate_s']:.1f} s"
     )
-    head = ["round"] + [p.split("/")[1][:-2] for p in PHASE_TIMERS] + ["total", "gen tok/s"]
+    timers = [f"time/{p}_s" for p in cfg.game.round_phases]
+    head = ["round"] + list(cfg.game.round_phases) + ["total", "gen tok/s"]
     print("  ".join(f"{h:>10}" for h in head))
     for r in rounds[1:]:
-        cells = [r.get(p, 0.0) for p in PHASE_TIMERS]
+        cells = [r.get(p, 0.0) for p in timers]
         row = (
             [str(r["round"])]
             + [f"{c:.2f}" for c in cells]

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import psutil
 
-from apo.game import PHASE_TIMERS
 from apo.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +62,12 @@ def run(strategy: str, overrides: list[str], out: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"strategy={strategy} failed:\n{proc.stderr.read()[-3000:]}")
     rounds = json.loads((out / "summary.json").read_text())["rounds"]
-    per_round = [sum(r.get(k, 0.0) for k in PHASE_TIMERS) for r in rounds if r["round"] >= 1]
+    # a round's time: every phase timer of it (`time/<phase>_s`)
+    per_round = [
+        sum(v for k, v in r.items() if k.startswith("time/") and k.endswith("_s"))
+        for r in rounds
+        if r["round"] >= 1
+    ]
     return {
         "strategy": strategy,
         "processes": len(peaks),

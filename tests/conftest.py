@@ -36,6 +36,17 @@ def compose_cfg(
     return cfg
 
 
+def sort_task(**overrides):
+    """The built-in sort task with the settings of `configs/task/sort.yaml` (their one home),
+    `overrides` replacing some."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "task" / "sort.yaml"))
+    cls = get_class(node.pop("_target_"))
+    return cls(**{**node, **overrides})
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> DictConfig:
     """The `experiment=tiny` game writing into this test's tmp dir."""

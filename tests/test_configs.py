@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import get_class, get_method
 from omegaconf import OmegaConf, open_dict
 
-from apo.losses.policy import POLICY_OBJECTIVES
+from apo.losses.objectives import POLICY_OBJECTIVES
 from apo.train import CONFIG_DIR
 from tests.conftest import compose_cfg
 

@@ -189,12 +189,10 @@ def test_test_rm_is_reused_after_a_restart(tmp_path):
     _need(HH_TEST)
     run = tmp_path / "run"
     cfg = compose_cfg(["data=hh_rlhf", *TINY], run_dir=run)
-    first = GameLoop(cfg)
-    first.ensure_test_rm()
-    second = GameLoop(cfg)
-    second.ensure_test_rm()
-    assert "test_rm_fit_s" in first.dm.data.meta and "test_rm_load_s" in second.dm.data.meta
-    assert second.dm.data.meta["test_rm_val_acc"] == first.dm.data.meta["test_rm_val_acc"]
+    first = GameLoop(cfg).judge.prepare()
+    second = GameLoop(cfg).judge.prepare()
+    assert "test_rm_fit_s" in first and "test_rm_load_s" in second
+    assert second["test_rm_val_acc"] == first["test_rm_val_acc"]
     assert not list(run.glob(".test_rm*"))  # no temporary dir left behind
 
 

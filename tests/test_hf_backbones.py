@@ -28,15 +28,15 @@ from transformers import (
 )
 
 from apo.data.collate import Encoder
-from apo.game import SUMMARY_KEYS, GameLoop
+from apo.game import GameLoop
+from apo.judges import ORACLE_KEYS
 from apo.modules.backbones import checkpoint_dir, load_sequence_classifier, load_tokenizer
-from apo.tasks import SortTask
 from apo.train import quiet_libraries
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, sort_task
 
 
 def _texts(n: int = 400) -> list[str]:
-    task, rng = SortTask(), random.Random(0)
+    task, rng = sort_task(), random.Random(0)
     prompts = [task.sample_prompt(rng) for _ in range(n)]
     return [p + task.golden(p) for p in prompts] + ["Human: Assistant:"] * 20
 
@@ -126,8 +126,8 @@ def _reload_matches_module(game: GameLoop, prompt: str, responses: list[str]) ->
     policy = AutoModelForCausalLM.from_pretrained(str(final / "policy")).eval()
     rm = AutoModelForSequenceClassification.from_pretrained(str(final / "rm")).eval()
     for name, module, player in (
-        ("policy", game.policy.model, "policy"),
-        ("rm", game.rm.model, "rm"),
+        ("policy", game.players.policy, "policy"),
+        ("rm", game.players.rm, "rm"),
     ):
         tok = AutoTokenizer.from_pretrained(str(final / name))
         assert tok.get_vocab() == game.dm.encoders[player].tok.get_vocab()
@@ -146,11 +146,11 @@ def _reload_matches_module(game: GameLoop, prompt: str, responses: list[str]) ->
         ids, att = padded("policy")
         torch.testing.assert_close(
             policy(input_ids=ids, attention_mask=att).logits,
-            game.policy.model(input_ids=ids, attention_mask=att).logits,
+            game.players.policy(input_ids=ids, attention_mask=att).logits,
         )
         ids, att = padded("rm")
         torch.testing.assert_close(
-            rm(input_ids=ids, attention_mask=att).logits[:, 0], game.rm(ids, att)
+            rm(input_ids=ids, attention_mask=att).logits[:, 0], game.players.rm_module()(ids, att)
         )
 
 
@@ -175,12 +175,12 @@ def test_game_plays_from_a_local_checkpoint(llama_game: GameLoop, llama_dir: Pat
     run = llama_game.run_dir
     rounds = json.loads((run / "summary.json").read_text())["rounds"]
     assert [r["round"] for r in rounds] == [0, 1]
-    for key in SUMMARY_KEYS:
+    for key in ORACLE_KEYS.table:
         assert all(key in r for r in rounds), key
     assert rounds[1]["steps/policy"] > 0 and rounds[1]["steps/rm"] > 0
     # the checkpoint's tokenizer, shared by both players, not the task's character tokenizer
-    assert llama_game.rm_tokenizer is llama_game.tokenizer
-    assert len(llama_game.tokenizer) == len(AutoTokenizer.from_pretrained(str(llama_dir)))
+    assert llama_game.players.rm_tokenizer is llama_game.players.tokenizer
+    assert len(llama_game.players.tokenizer) == len(AutoTokenizer.from_pretrained(str(llama_dir)))
     start = _weights(llama_dir)
     for player in ("policy", "rm"):
         for d in (run / "rounds" / "round_01" / player, run / "final" / player):
@@ -193,7 +193,7 @@ def test_export_reloads_with_plain_transformers(llama_game: GameLoop):
     # an exported RM is a one-label classifier checkpoint: a next game loads it, head and all
     d = llama_game.run_dir / "final" / "rm"
     rm = load_sequence_classifier(d, load_tokenizer(d, "rm.x"), "rm.x", seed=123)
-    torch.testing.assert_close(rm.score.weight, llama_game.rm.model.score.weight)
+    torch.testing.assert_close(rm.score.weight, llama_game.players.rm.score.weight)
 
 
 def test_checkpoint_errors_name_key_and_path(tmp_path: Path, llama_dir: Path):
@@ -250,12 +250,12 @@ def test_players_with_different_tokenizers(tmp_path: Path, llama_dir: Path, gpt2
             "rm.prompt_template='Q: {prompt} A:'",
         )
     assert "rm.model_name_or_path" in caplog.text and "no pad token" in caplog.text
-    ptok, rtok = game.tokenizer, game.rm_tokenizer
+    ptok, rtok = game.players.tokenizer, game.players.rm_tokenizer
     assert ptok.get_vocab() != rtok.get_vocab() and rtok.pad_token_id == rtok.eos_token_id
     rounds = json.loads((game.run_dir / "summary.json").read_text())["rounds"]
     assert all(0.0 <= r["rm/onpolicy/acc"] <= 1.0 for r in rounds)
     # the RM reads the policy's samples as text, re-encoded with its own tokenizer and template
-    recs = game.dm.samples["rm"][:4]
+    recs = game.state.samples["rm"][:4]
     for item, rec in zip(game.dm.sample_items(recs, "rm"), recs):
         for seq, text in zip(item["seqs"], rec["texts"]):
             assert rtok.decode(seq[: item["prompt_len"]]) == f"<|endoftext|>Q: {rec['prompt']} A:"
@@ -273,7 +273,7 @@ def test_players_with_different_tokenizers(tmp_path: Path, llama_dir: Path, gpt2
     with torch.no_grad():
         hidden = rm.base_model(input_ids=ids)[0]
         torch.testing.assert_close(
-            rm.score(hidden)[:, -1, 0], game.rm.eval()(ids, torch.ones_like(ids))
+            rm.score(hidden)[:, -1, 0], game.players.rm_module().eval()(ids, torch.ones_like(ids))
         )
 
 
@@ -292,8 +292,8 @@ def test_lora_players_train_adapters_and_export_merged(
     )
     checkpoints = {"policy": gpt2_dir, "rm": llama_dir}
     for player, module, head in (
-        ("policy", game.policy.model, None),
-        ("rm", game.rm.model, "score.weight"),
+        ("policy", game.players.policy, None),
+        ("rm", game.players.rm, "score.weight"),
     ):
         trainable = {n for n, p in module.named_parameters() if p.requires_grad}
         assert trainable and all("lora_" in n or n == head for n in trainable)

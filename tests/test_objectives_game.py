@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from apo.game import GameLoop
-from apo.losses.policy import POLICY_OBJECTIVES
+from apo.losses.objectives import POLICY_OBJECTIVES
 from tests.conftest import compose_cfg
 
 OBJECTIVES = sorted(set(POLICY_OBJECTIVES) - {"sft"})
@@ -31,19 +31,28 @@ def test_one_round_per_objective(objective: str, mixture: float, tmp_path):
     with open_dict(cfg):
         cfg.game.save_weights = False
     game = GameLoop(cfg)
-    game.phase_warm_start(0)
-    assert game.policy.generation["mixture"] == mixture
-    before = {k: v.detach().clone() for k, v in game.policy.model.named_parameters()}
-    ref_before = {k: v.detach().clone() for k, v in game.policy.ref_model.named_parameters()}
+    game.play(0, "warm_start")
+    plan = game.plan.round(1)
+    assert plan.sampling.mixture == mixture
+    assert plan.policy.name == objective
+    assert plan.policy.options == OmegaConf.to_container(cfg.objective.loss)
+    policy, ref = game.players.policy, game.players.ref
+    before = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    ref_before = {k: v.detach().clone() for k, v in ref.named_parameters()}
     game.play_round(1)
-    fit = game.last_fit["policy"]
+    fit = game.state.last_fit["policy"]
     assert "policy/train/loss" in fit and math.isfinite(fit["policy/train/loss"])
-    changed = [k for k, v in game.policy.model.named_parameters() if not torch.equal(v, before[k])]
+    changed = [k for k, v in policy.named_parameters() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2
     # the reference stays frozen whatever the objective
-    assert all(torch.equal(v, ref_before[k]) for k, v in game.policy.ref_model.named_parameters())
+    assert all(torch.equal(v, ref_before[k]) for k, v in ref.named_parameters())
     lr = cfg.objective.get("lr") or cfg.policy.optimizer.lr
     assert fit["lr"] == pytest.approx(lr)
-    assert game.dm.policy_select == POLICY_OBJECTIVES[objective].selection(
-        game.policy.objective_kwargs
-    )
+    # reference log-probs exist exactly for the objectives that read them, one row per prompt
+    # with one value per selected sample
+    ref_logps = game.state.ref_logps
+    if plan.policy.needs_reference:
+        selected = plan.policy.select(game.state.samples["policy"])
+        assert [len(r) for r in ref_logps] == [len(s["responses"]) for s in selected]
+    else:
+        assert ref_logps is None

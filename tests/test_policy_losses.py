@@ -1,12 +1,34 @@
 """Policy objectives against values worked out by hand."""
 
+import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from apo.losses import policy as losses
+from apo.losses.objectives import POLICY_OBJECTIVES, policy_objective
 from apo.losses.pairs import best_worst
-from apo.losses.policy import POLICY_OBJECTIVES, dpo, ipo, lipo, rjs, rrhf, sft, slic
+from apo.train import CONFIG_DIR
+
+
+def yaml_options(name: str) -> dict:
+    """The objective's options as `configs/objective/<name>.yaml` sets them (their one home)."""
+    if name == "sft":
+        return {}
+    return OmegaConf.to_container(
+        OmegaConf.load(Path(CONFIG_DIR) / "objective" / f"{name}.yaml").loss
+    )
+
+
+# the loss functions with the shipped defaults; a test overrides what it is about
+rjs, rrhf, dpo, ipo, slic, lipo = (
+    functools.partial(getattr(losses, n), **yaml_options(n))
+    for n in ("rjs", "rrhf", "dpo", "ipo", "slic", "lipo")
+)
+sft = losses.sft
 
 
 def nls(x: float) -> float:
@@ -294,34 +316,54 @@ def test_registry_names_and_metadata():
     assert needs_ref == {"dpo", "ipo", "lipo"}
 
 
-def test_selection_follows_kwargs():
-    sel = {n: o.selection for n, o in POLICY_OBJECTIVES.items()}
-    assert sel["sft"]({}) == sel["rrhf"]({}) == sel["lipo"]({"beta": 0.5}) == "all"
-    assert sel["rjs"]({}) == "best" and sel["rjs"](None) == "best"
+def _bound(name: str, **options):
+    return policy_objective(name, **{**yaml_options(name), **options})
+
+
+def test_selection_follows_the_options():
+    assert _bound("sft").selection == _bound("rrhf").selection == "all"
+    assert _bound("lipo", beta=0.5).selection == "all"
+    assert _bound("rjs").selection == "best"
     # top_n = 1 with a threshold still only needs the best sample
-    assert sel["rjs"]({"threshold": 0.5}) == "best"
-    assert sel["rjs"]({"top_n": 2}) == "all"
+    assert _bound("rjs", threshold=0.5).selection == "best"
+    assert _bound("rjs", top_n=2).selection == "all"
     for name in ("dpo", "ipo", "slic"):
-        assert sel[name]({}) == sel[name]({"pairs": "best_worst", "beta": 1.0}) == "best_worst"
-        assert sel[name]({"pairs": "all"}) == "all"
+        assert _bound(name).selection == _bound(name, pairs="best_worst").selection == "best_worst"
+        assert _bound(name, pairs="all").selection == "all"
         with pytest.raises(ValueError, match="pairs"):
-            sel[name]({"pairs": "every"})
+            _bound(name, pairs="every")
 
 
-def _as_selected(selection: str, *tensors: torch.Tensor, scores: torch.Tensor):
-    """The data module's selection (stable sort by descending score), applied to full rows."""
-    keep = []
-    for row in scores.tolist():
-        order = sorted(range(len(row)), key=lambda j: -row[j])
-        keep.append(
-            {"best": order[:1], "best_worst": [order[0], order[-1]], "all": order}[selection]
-        )
-    idx = torch.tensor(keep)
+def test_options_are_checked_against_the_loss():
+    with pytest.raises(ValueError, match=r"missing \['beta'\]"):
+        policy_objective("lipo")
+    with pytest.raises(ValueError, match=r"unknown \['gamma'\]"):
+        policy_objective("lipo", beta=0.1, gamma=1.0)
+    with pytest.raises(ValueError, match="objective.name"):
+        policy_objective("ppo")
+
+
+def _select_columns(objective, *tensors: torch.Tensor, scores: torch.Tensor):
+    """Rows of `[B, k]` tensors restricted to the columns `objective.select` keeps: each record's
+    responses are its column numbers, so the selection can be read back as indices."""
+    records = [
+        {"prompt": str(b), "responses": [[j] for j in range(scores.shape[1])], "rm_scores": row}
+        for b, row in enumerate(scores.tolist())
+    ]
+    idx = torch.tensor([[r[0] for r in rec["responses"]] for rec in objective.select(records)])
     return [t.gather(-1, idx) for t in (*tensors, scores)]
 
 
+def test_select_orders_best_first_and_keeps_ties_in_order():
+    recs = [{"prompt": "p", "responses": [[0], [1], [2], [3]], "rm_scores": [0.5, 0.9, 0.1, 0.9]}]
+    assert _bound("rjs").select(recs)[0]["responses"] == [[1]]
+    assert _bound("dpo").select(recs)[0]["responses"] == [[1], [2]]
+    assert _bound("lipo").select(recs)[0]["responses"] == [[1], [3], [0], [2]]
+    assert _bound("lipo").select(recs)[0]["rm_scores"] == [0.9, 0.9, 0.5, 0.1]
+
+
 @pytest.mark.parametrize(
-    ("name", "kwargs"),
+    ("name", "options"),
     [
         ("rjs", {}),
         ("rjs", {"threshold": 0.0}),
@@ -330,15 +372,15 @@ def _as_selected(selection: str, *tensors: torch.Tensor, scores: torch.Tensor):
         ("slic", {"reg_weight": 0.3}),
     ],
 )
-def test_loss_on_selected_samples_equals_loss_on_all(name, kwargs):
-    obj = POLICY_OBJECTIVES[name]
+def test_loss_on_selected_samples_equals_loss_on_all(name, options):
+    obj = _bound(name, **options)
     g = torch.Generator().manual_seed(1)
     logps, ref = -5 * torch.rand(5, 4, generator=g), -5 * torch.rand(5, 4, generator=g)
     lengths = torch.randint(1, 9, (5, 4), generator=g).float()
     scores = torch.randn(5, 4, generator=g)
-    full_loss, _ = obj.fn(logps, ref, scores, full(5, 4), lengths, **kwargs)
-    sl, sr, sn, ss = _as_selected(obj.selection(kwargs), logps, ref, lengths, scores=scores)
-    sel_loss, _ = obj.fn(sl, sr, ss, torch.ones_like(ss, dtype=torch.bool), sn, **kwargs)
+    full_loss, _ = obj.loss(logps, ref, scores, full(5, 4), lengths)
+    sl, sr, sn, ss = _select_columns(obj, logps, ref, lengths, scores=scores)
+    sel_loss, _ = obj.loss(sl, sr, ss, torch.ones_like(ss, dtype=torch.bool), sn)
     assert sel_loss.item() == pytest.approx(full_loss.item(), rel=1e-6)
 
 
@@ -352,7 +394,7 @@ def test_every_objective_is_finite_and_has_gradient(name):
     lengths = torch.randint(1, 12, (B, k), generator=g).float()
     mask = full(B, k)
     mask[1, 3] = mask[4, 2:] = False
-    loss, stats = POLICY_OBJECTIVES[name].fn(logps, ref, scores, mask, lengths)
+    loss, stats = _bound(name).loss(logps, ref, scores, mask, lengths)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
     assert logps.grad.abs().sum() > 0

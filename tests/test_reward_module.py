@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import LlamaConfig
 
+from apo.game.players import reward_module
+from apo.losses.rm import RMObjective
 from apo.modules.backbones import build_sequence_classifier
 from apo.modules.reward import RewardModule
-from apo.tasks import SortTask
+from tests.conftest import sort_task
 
-TOK = SortTask().build_tokenizer()
+TOK = sort_task().build_tokenizer()
 
 
-def _module(pooling: str, **kw) -> RewardModule:
+def _module(pooling: str, objective: RMObjective | None = None) -> RewardModule:
     cfg = LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -23,9 +27,8 @@ def _module(pooling: str, **kw) -> RewardModule:
         max_position_embeddings=32,
     )
     model = build_sequence_classifier(cfg, TOK, seed=0).eval()
-    return RewardModule(
-        model, optimizer=torch.optim.SGD, pooling=pooling, eos_token_id=TOK.eos_token_id, **kw
-    )
+    fit = {"optimizer": torch.optim.SGD, "log_prefix": "rm/train"} if objective else {}
+    return reward_module(model, pooling, TOK.eos_token_id, objective, **fit)
 
 
 def _batch():
@@ -72,10 +75,85 @@ def test_last_pooling_matches_transformers_sequence_classifier():
         )
 
 
+def _objective(**kw) -> RMObjective:
+    base = dict(
+        kl_coeff=1.0,
+        apo_coeff=1.0,
+        apo_loss="ranking",
+        samples_per_prompt=2,
+        human_loss="bradley_terry",
+        margin=0.0,
+        centering_coeff=0.0,
+    )
+    return RMObjective(**{**base, **kw})
+
+
 def test_bad_settings_are_named():
     with pytest.raises(ValueError, match="pooling"):
         _module("mean")
     with pytest.raises(ValueError, match="apo_loss"):
-        _module("last", apo_loss="hinge")
-    with pytest.raises(ValueError, match="human_loss"):
-        _module("last", human_loss="nope")
+        _objective(apo_loss="hinge")
+    with pytest.raises(ValueError, match="rm_loss"):
+        _objective(human_loss="nope")
+    with pytest.raises(ValueError, match="optimizer"):
+        RewardModule(_module("last").model, "last", TOK.eos_token_id, _objective())
+
+
+def nls(x: float) -> float:
+    """-log sigmoid(x), by hand."""
+    return math.log1p(math.exp(-x))
+
+
+def test_rm_step_weighting_by_hand():
+    """L = c_kl * BT(human) + c_c * centering(human) + (c_apo / K) * APO(gold vs samples), with
+    BT the mean over human pairs and APO summed over an item's K pairs, averaged over items."""
+    # two human pairs (chosen first) and two APO items [gold, s1, s2]
+    r_h = torch.tensor([[1.0, 0.0], [0.5, 1.5]])
+    s_h, m_h = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.ones(2, 2, dtype=torch.bool)
+    r_a = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 3.0]])
+    s_a, m_a = torch.tensor([[1.0, 0.0, 0.0]] * 2), torch.ones(2, 3, dtype=torch.bool)
+    bt = (nls(1.0) + nls(-1.0)) / 2
+    centering = ((1.0 + 0.0) ** 2 + (0.5 + 1.5) ** 2) / 2
+    apo = ((nls(1.0) + nls(2.0)) + (nls(-1.0) + nls(-3.0))) / 2
+    obj = _objective(kl_coeff=0.7, apo_coeff=0.3, samples_per_prompt=2, centering_coeff=0.2)
+    loss, parts = obj.loss(r_h, s_h, m_h, r_a, s_a, m_a)
+    assert loss.item() == pytest.approx(0.7 * bt + 0.2 * centering + 0.3 / 2 * apo, rel=1e-6)
+    assert parts["loss_human"].item() == pytest.approx(bt, rel=1e-6)
+    assert parts["loss_apo"].item() == pytest.approx(apo, rel=1e-6)
+    assert parts["loss_centering"].item() == pytest.approx(centering, rel=1e-6)
+    # the baseline (c_apo = 0) ignores APO items; `diff` is linear in the reward gaps
+    base, parts = _objective(apo_coeff=0.0).loss(r_h, s_h, m_h, r_a, s_a, m_a)
+    assert base.item() == pytest.approx(bt, rel=1e-6) and "loss_apo" not in parts
+    diff, _ = _objective(apo_loss="diff", samples_per_prompt=2).loss(r_h, s_h, m_h, r_a, s_a, m_a)
+    assert diff.item() == pytest.approx(bt + 0.5 * ((-1.0 - 2.0) + (1.0 + 3.0)) / 2, rel=1e-6)
+
+
+def test_training_step_logs_the_objective_on_its_own_rewards():
+    """A real one-step fit: the logged loss is `objective.loss` on the module's own rewards."""
+    import lightning as L
+
+    objective = _objective(kl_coeff=0.5, apo_coeff=2.0, samples_per_prompt=2)
+    m = _module("last", objective)
+    ids, att = _batch()
+
+    def listwise(k: int) -> dict:
+        return {
+            "input_ids": ids[None, :k].repeat(2, 1, 1),
+            "attention_mask": att[None, :k].repeat(2, 1, 1),
+            "scores": torch.tensor([[1.0, 0.0]]).repeat(2, 1)[:, :k],
+            "mask": torch.ones(2, k, dtype=torch.bool),
+        }
+
+    batch = {"human": listwise(2), "apo": listwise(2)}
+    with torch.no_grad():
+        r_h, r_a = m.listwise_rewards(batch["human"]), m.listwise_rewards(batch["apo"])
+    h, a = batch["human"], batch["apo"]
+    want, parts = objective.loss(r_h, h["scores"], h["mask"], r_a, a["scores"], a["mask"])
+    trainer = L.Trainer(
+        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    loader = torch.utils.data.DataLoader([batch], batch_size=None)
+    trainer.fit(m, train_dataloaders=loader)
+    got = trainer.callback_metrics
+    assert float(got["rm/train/loss"]) == pytest.approx(want.item(), rel=1e-5)
+    assert float(got["rm/train/loss_apo"]) == pytest.approx(parts["loss_apo"].item(), rel=1e-5)

@@ -8,13 +8,13 @@ from transformers import LlamaConfig
 
 from apo.data.collate import pad_2d
 from apo.modules.backbones import build_causal_lm
-from apo.modules.sampling import sample
-from apo.tasks import SortTask
+from apo.modules.sampling import SamplingSpec, sample
+from tests.conftest import sort_task
 
 
 @pytest.fixture(scope="module")
 def lm():
-    tok = SortTask().build_tokenizer()
+    tok = sort_task().build_tokenizer()
     cfg = LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -26,6 +26,10 @@ def lm():
     return build_causal_lm(cfg, tok, seed=0).eval(), tok
 
 
+def spec(max_new_tokens: int, temperature: float = 1.0, mixture: float = 0.0) -> SamplingSpec:
+    return SamplingSpec(max_new_tokens, temperature, top_k=0, top_p=1.0, mixture=mixture)
+
+
 def _prompts(tok, texts):
     return [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
 
@@ -33,7 +37,7 @@ def _prompts(tok, texts):
 def test_greedy_matches_transformers_generate_with_left_padding(lm):
     model, tok = lm
     ids, att = pad_2d(_prompts(tok, ["38=", "381712="]), tok.pad_token_id, left=True)
-    ours = sample(model, ids, att, 1, 8, tok.eos_token_id, tok.pad_token_id, greedy=True)
+    ours = sample(model, ids, att, 1, spec(8), tok.eos_token_id, tok.pad_token_id, greedy=True)
     ref = model.generate(
         input_ids=ids,
         attention_mask=att,
@@ -54,7 +58,7 @@ def test_padding_does_not_change_a_prompt(lm):
         model,
         *pad_2d([short], tok.pad_token_id, left=True),
         1,
-        8,
+        spec(8),
         tok.eos_token_id,
         tok.pad_token_id,
         greedy=True,
@@ -63,7 +67,7 @@ def test_padding_does_not_change_a_prompt(lm):
         model,
         *pad_2d([long_, short], tok.pad_token_id, left=True),
         1,
-        8,
+        spec(8),
         tok.eos_token_id,
         tok.pad_token_id,
         greedy=True,
@@ -75,7 +79,7 @@ def test_k_samples_are_drawn_and_vary(lm):
     model, tok = lm
     ids, att = pad_2d(_prompts(tok, ["381="]), tok.pad_token_id, left=True)
     torch.manual_seed(0)
-    out = sample(model, ids, att, 16, 6, tok.eos_token_id, tok.pad_token_id, temperature=2.0)
+    out = sample(model, ids, att, 16, spec(6, 2.0), tok.eos_token_id, tok.pad_token_id)
     assert len(out) == 1 and len(out[0]) == 16
     assert len({tuple(r) for r in out[0]}) > 1
     assert all(tok.eos_token_id not in r and len(r) <= 6 for r in out[0])
@@ -85,19 +89,20 @@ def test_mixture_weight_one_samples_the_reference(lm):
     model, tok = lm
     other = build_causal_lm(model.config.__class__(**model.config.to_dict()), tok, seed=1).eval()
     ids, att = pad_2d(_prompts(tok, ["381="]), tok.pad_token_id, left=True)
-    as_ref = sample(other, ids, att, 1, 6, tok.eos_token_id, tok.pad_token_id, greedy=True)
+    as_ref = sample(other, ids, att, 1, spec(6), tok.eos_token_id, tok.pad_token_id, greedy=True)
     mixed = sample(
         model,
         ids,
         att,
         1,
-        6,
+        spec(6, mixture=1.0),
         tok.eos_token_id,
         tok.pad_token_id,
         greedy=True,
         ref_model=other,
-        mixture=1.0,
     )
     assert mixed == as_ref
     with pytest.raises(ValueError, match="reference"):
-        sample(model, ids, att, 1, 6, tok.eos_token_id, tok.pad_token_id, mixture=0.5)
+        sample(model, ids, att, 1, spec(6, mixture=0.5), tok.eos_token_id, tok.pad_token_id)
+    with pytest.raises(ValueError, match="objective.mixture"):
+        spec(6, mixture=1.5)

@@ -124,11 +124,13 @@ def test_generate_score_rejection_sample_train_rm_chain(tmp_path, players, queri
     )
     assert [r["query_id"] for r in json.loads(scored.read_text())] == [f"q{i}" for i in range(6)]
     # the scores are the RM's: the same sequence scored alone gives the same reward
-    from apo.steps.common import build_rm, datamodule, load_tokenizer
+    from apo.game.players import reward_module
+    from apo.steps.common import datamodule, load_tokenizer
 
     cfg = step_cfg("score", [f"rm.path={players}", "samples=x", "output=y"])
     tok = load_tokenizer(players / "rm")
-    rm = build_rm(AutoModelForSequenceClassification.from_pretrained(str(players / "rm")), tok, cfg)
+    model = AutoModelForSequenceClassification.from_pretrained(str(players / "rm"))
+    rm = reward_module(model, cfg.rm.pooling, tok.eos_token_id)
     dm = datamodule(tok, cfg)
     seq = dm.text_item(0, back[0].prompt, back[0].responses[1:2], [0.0])["seqs"][0]
     with torch.no_grad():

@@ -236,7 +236,7 @@ def test_trainer_devices_and_num_nodes_reach_every_engine(tmp_path: Path):
         run_dir=tmp_path,
     )
     game = GameLoop(cfg)
-    policy, rm = game.make_trainer("policy", "warmup"), game.make_trainer("rm", None)
+    policy, rm = game.trainers.make("policy", "warmup"), game.trainers.make("rm")
     assert isinstance(policy.strategy, FSDP2Strategy) and isinstance(
         rm.strategy, CPUDeepSpeedStrategy
     )

@@ -8,11 +8,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from apo.data.game_data import build_task_data
-from apo.tasks import SortTask
+from tests.conftest import sort_task
 
 
 def test_oracle_partial_credit():
-    t = SortTask()
+    t = sort_task()
     assert t.golden("3817=") == "1378"
     assert t.reward("3817=", "1378") == 1.0
     assert t.reward("3817=", "1387") == pytest.approx(0.5)  # two of four positions
@@ -22,7 +22,7 @@ def test_oracle_partial_credit():
 
 
 def test_noisy_responses_are_imperfect_but_close():
-    t = SortTask(edit_probs=(0.0, 1.0))
+    t = sort_task(edit_probs=(0.0, 1.0))
     rng = random.Random(0)
     rewards = [
         t.reward(p, t.noisy_response(p, rng)) for p in (t.sample_prompt(rng) for _ in range(300))
@@ -33,7 +33,7 @@ def test_noisy_responses_are_imperfect_but_close():
 
 
 def test_annotators_follow_noisy_bradley_terry():
-    t = SortTask(annotator_beta=4.0)
+    t = sort_task(annotator_beta=4.0)
     rng = random.Random(1)
     # R(a) - R(b) = 0.5 -> P(a preferred) = sigmoid(2) = 0.881
     picks = [t.annotate("3817=", "1378", "1387", rng) for _ in range(4000)]
@@ -41,7 +41,7 @@ def test_annotators_follow_noisy_bradley_terry():
 
 
 def test_tokenizer_saves_standard_files_and_round_trips(tmp_path):
-    tok = SortTask().build_tokenizer()
+    tok = sort_task().build_tokenizer()
     tok.save_pretrained(tmp_path)
     assert (tmp_path / "tokenizer.json").exists()
     again = AutoTokenizer.from_pretrained(tmp_path)
@@ -52,9 +52,9 @@ def test_tokenizer_saves_standard_files_and_round_trips(tmp_path):
 
 def test_splits_are_disjoint_and_deterministic():
     kw = dict(n_sft=50, n_human_train=40, n_human_val=10, n_rm=20, n_policy=30, n_test=10)
-    a = build_task_data(SortTask(), seed=3, **kw)
-    b = build_task_data(SortTask(), seed=3, **kw)
-    c = build_task_data(SortTask(), seed=4, **kw)
+    a = build_task_data(sort_task(), seed=3, **kw)
+    b = build_task_data(sort_task(), seed=3, **kw)
+    c = build_task_data(sort_task(), seed=4, **kw)
     assert a.policy_prompts == b.policy_prompts and a.sft == b.sft
     assert a.policy_prompts != c.policy_prompts
     groups = [
@@ -67,7 +67,7 @@ def test_splits_are_disjoint_and_deterministic():
     ]
     flat = [p for g in groups for p in g]
     assert len(flat) == len(set(flat)) == 160
-    assert all(a.golden[p] == SortTask().golden(p) for p in a.rm_prompts)
+    assert all(a.golden[p] == sort_task().golden(p) for p in a.rm_prompts)
     assert all(
         it.scores == [1.0, 0.0] and it.responses[0] != it.responses[1] for it in a.human_train
     )
@@ -75,8 +75,8 @@ def test_splits_are_disjoint_and_deterministic():
 
 def test_bad_task_arguments_are_named():
     with pytest.raises(ValueError, match="edit_probs"):
-        SortTask(edit_probs=(0.5, 0.2))
+        sort_task(edit_probs=(0.5, 0.2))
     with pytest.raises(ValueError, match="min_len"):
-        SortTask(min_len=5, max_len=3)
+        sort_task(min_len=5, max_len=3)
     with pytest.raises(ValueError, match="n_rm"):
-        build_task_data(SortTask(), 0, 1, 1, 1, 0, 1, 1)
+        build_task_data(sort_task(), 0, 1, 1, 1, 0, 1, 1)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torchmetrics.functional.classification import binary_calibration_error
 
 from apo.losses.pairs import preference_pairs
 
@@ -55,6 +56,10 @@ def calibration_errors(
     - `ace`: unweighted mean over the non-empty bins, the APO paper's "average calibration error";
     - `mce`: the largest gap over the non-empty bins (Guo et al. 2017, Eq. 5).
 
+    ECE and MCE come from torchmetrics' `binary_calibration_error` (`norm="l1"` / `"max"`),
+    which bins the same way except that p = 1 exactly falls in a bin of its own there (this
+    function's bins below put it in the last one); ACE and the bins are computed here.
+
     Also returns the per-bin arrays `counts`, `confidence`, `accuracy` (NaN for empty bins) and
     `edges` for `reliability_diagram`. All errors are NaN when there are no predictions.
     """
@@ -78,8 +83,10 @@ def calibration_errors(
     accuracy = torch.where(filled, acc_sum / counts.clamp(min=1), nan)
     gap = (accuracy - confidence).abs()[filled]
     if gap.numel():
-        ece = (gap * counts[filled]).sum() / counts.sum()
-        ace, mce = gap.mean(), gap.max()
+        target = labels.long()
+        ece = binary_calibration_error(probs, target, n_bins=n_bins, norm="l1")
+        mce = binary_calibration_error(probs, target, n_bins=n_bins, norm="max")
+        ace = gap.mean()
     else:
         ece = ace = mce = torch.tensor(torch.nan, dtype=torch.float64)
     return {

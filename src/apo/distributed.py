@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 
 def global_rank() -> int:
-    """This process's rank, known before any Trainer exists (launchers set these variables)."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
+    """This process's rank as Lightning knows it: read from the launcher's environment before
+    the first Trainer exists (`RANK`, `LOCAL_RANK`, `SLURM_PROCID`), set by the strategy after."""
+    return int(rank_zero_only.rank)
 
 
 def is_global_zero() -> bool:
@@ -33,15 +31,6 @@ def gather_objects(records: list[Any]) -> list[Any]:
     parts: list[list[Any] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, records)
     return [r for part in parts for r in (part or [])]
-
-
-def all_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
-    """True when `flag` is True on every rank (a collective; `flag` itself in one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
 
 
 def predict_gathered(

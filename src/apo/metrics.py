@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Sequence
 
 
@@ -24,12 +25,10 @@ def pairwise_agreement(pred: Sequence[Sequence[float]], truth: Sequence[Sequence
 
 
 def mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else math.nan
+    """The mean (`statistics.fmean`), NaN for an empty list (a metric with nothing to average)."""
+    return statistics.fmean(xs) if len(xs) else math.nan
 
 
 def std(xs: Sequence[float]) -> float:
-    """Population standard deviation (NaN for an empty list)."""
-    if not xs:
-        return math.nan
-    m = mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+    """Population standard deviation (`statistics.pstdev`), NaN for an empty list."""
+    return statistics.pstdev(xs) if len(xs) else math.nan

@@ -25,8 +25,10 @@ from lightning.pytorch.strategies import (
     ModelParallelStrategy,
     Strategy,
 )
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
+
+from apo.config import plain
 
 log = logging.getLogger(__name__)
 
@@ -207,38 +209,34 @@ def shard(module: Any, roots: list[nn.Module | None], frozen: list[nn.Module | N
         )
 
 
-def _plain(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-
-
 def _fsdp(c: dict[str, Any]) -> Strategy:
-    version = c.get("version", 2)
+    version = c["version"]
     if version == 2:
         return FSDP2Strategy(process_group_backend=c.get("process_group_backend"))
     if version != 1:
         raise ValueError(f"strategy fsdp: version must be 1 or 2, got {version!r}")
-    layers = {get_class(path) for path in c.get("layer_classes") or []}
+    layers = {get_class(path) for path in c["layer_classes"] or []}
     if not layers:
         raise ValueError("strategy fsdp version 1: layer_classes (decoder-layer classes) is empty")
     return FSDPStrategy(
         auto_wrap_policy=layers,
-        activation_checkpointing_policy=layers if c.get("activation_checkpointing") else None,
-        sharding_strategy=c.get("sharding_strategy", "FULL_SHARD"),
-        cpu_offload=bool(c.get("cpu_offload", False)),
+        activation_checkpointing_policy=layers if c["activation_checkpointing"] else None,
+        sharding_strategy=c["sharding_strategy"],
+        cpu_offload=bool(c["cpu_offload"]),
         process_group_backend=c.get("process_group_backend"),
         state_dict_type="full",
     )
 
 
 def _deepspeed(c: dict[str, Any]) -> Strategy:
-    stage = c.get("stage", 2)
+    stage = c["stage"]
     if stage not in (1, 2, 3):
         raise ValueError(f"strategy deepspeed: stage must be 1, 2 or 3, got {stage!r}")
-    offload_optimizer = bool(c.get("offload_optimizer", False))
+    offload_optimizer = bool(c["offload_optimizer"])
     return CPUDeepSpeedStrategy(
         stage=stage,
         offload_optimizer=offload_optimizer,
-        offload_parameters=bool(c.get("offload_parameters", False)),
+        offload_parameters=bool(c["offload_parameters"]),
         process_group_backend=c.get("process_group_backend"),
         # only DeepSpeed's throughput log reads it; Lightning would read it off the train loader,
         # which fails on the RM's combined loader
@@ -254,16 +252,16 @@ def build_strategy(cfg: DictConfig | dict[str, Any]) -> tuple[Strategy | str, in
     `cfg.name` picks the engine (see `STRATEGIES`); `cfg.devices` is the number of processes
     (CPU) or accelerators per node. On CPU the process group uses gloo; on GPUs, NCCL.
     """
-    c = _plain(cfg)
-    name = c.get("name", "auto")
-    devices = c.get("devices", 1)
+    c = dict(plain(cfg))
+    name = c.get("name")
+    devices = c.get("devices")
     if name == "auto":
         return "auto", devices
     if name == "ddp":
         return (
             DDPStrategy(
                 process_group_backend=c.get("process_group_backend"),
-                find_unused_parameters=bool(c.get("find_unused_parameters", False)),
+                find_unused_parameters=bool(c["find_unused_parameters"]),
                 start_method="popen",
             ),
             devices,

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from apo.config import plain
 from apo.records import atomic_file
 
 #: config paths that change the warm start (everything else is ignored by the key)
@@ -53,16 +54,12 @@ def _is_unset(value: Any) -> bool:
     return value in (None, False) or (isinstance(value, dict) and value.get("r") is None)
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def warm_start_key(cfg: DictConfig) -> str:
     picked: dict[str, Any] = {}
     for path in KEY_PATHS:
-        picked[path] = _plain(OmegaConf.select(cfg, path, default=None))
+        picked[path] = plain(OmegaConf.select(cfg, path, default=None))
     for path in OPTIONAL_KEY_PATHS:
-        value = _plain(OmegaConf.select(cfg, path, default=None))
+        value = plain(OmegaConf.select(cfg, path, default=None))
         if not _is_unset(value):
             picked[path] = value
     blob = json.dumps(picked, sort_keys=True, default=str)

@@ -91,17 +91,14 @@ def pad_2d(
 class PromptCollator:
     """Items `{"index", "prompt_ids"}` -> left-padded prompts for generation."""
 
-    def __init__(
-        self, pad_id: int, num_samples: int = 1, mixture: float | None = None, op: str = "generate"
-    ) -> None:
-        self.pad_id, self.num_samples, self.mixture, self.op = pad_id, num_samples, mixture, op
+    def __init__(self, pad_id: int, num_samples: int, op: str = "generate") -> None:
+        self.pad_id, self.num_samples, self.op = pad_id, num_samples, op
 
     def __call__(self, items: list[dict]) -> dict:
         ids, att = pad_2d([it["prompt_ids"] for it in items], self.pad_id, left=True)
         return {
             "op": self.op,
             "num_samples": self.num_samples,
-            "mixture": self.mixture,
             "index": torch.tensor([it["index"] for it in items]),
             "input_ids": ids,
             "attention_mask": att,

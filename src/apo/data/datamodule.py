@@ -13,15 +13,16 @@ from apo.data.collate import Encoder, ListDataset, ListwiseCollator, PromptColla
 from apo.data.game_data import GameData, ListwiseItem
 from apo.distributed import predict_gathered
 
-PHASES = ("sft", "rm", "policy")
-
 
 class GameDataModule(L.LightningDataModule):
-    """Serves the warm start (`sft`), the RM step (`rm`) and the policy step (`policy`).
+    """The data both players share: the game's fixed data, the loaders of every fit and
+    prediction, and the policy's samples, regenerated each round.
 
-    Set `phase` before each `fit`. `regenerate` replaces last round's samples with K fresh ones
-    per prompt of the RM and policy splits, generated through a Trainer (sharded over ranks and
-    gathered, so every rank holds the same samples); `score` attaches RM scores to them.
+    It holds no per-fit switches: each loader is built from explicit arguments (the round's
+    samples, the objective's selection), and the phases hand the loaders to the Trainers.
+    `regenerate` draws K fresh samples per prompt of the RM and policy splits through a Trainer
+    (sharded over ranks and gathered, so every rank holds the same samples) and returns them; the
+    game state keeps them.
 
     Each player's items are encoded with that player's tokenizer (`player="policy"` or `"rm"` in
     the item builders; the default is the policy's). Texts are the interface between the players:
@@ -31,7 +32,7 @@ class GameDataModule(L.LightningDataModule):
     Args:
         data: the game's fixed data.
         tokenizer: the policy's tokenizer (and the RM's, unless `rm_tokenizer` is given).
-        batch_size: per-phase batch sizes, keys `sft`, `rm`, `apo`, `policy`, `predict`.
+        batch_size: per-loader batch sizes, keys `sft`, `rm`, `apo`, `policy`, `predict`.
         max_prompt_len, max_len: token budgets (prompts are truncated on the left).
         seed: shuffling seed.
         rm_tokenizer: the RM's tokenizer when it differs from the policy's.
@@ -44,9 +45,9 @@ class GameDataModule(L.LightningDataModule):
         data: GameData,
         tokenizer: PreTrainedTokenizerBase,
         batch_size: dict[str, int],
-        max_prompt_len: int = 64,
-        max_len: int = 128,
-        seed: int = 0,
+        max_prompt_len: int,
+        max_len: int,
+        seed: int,
         num_workers: int = 0,
         rm_tokenizer: PreTrainedTokenizerBase | None = None,
         prompt_format: dict[str, dict[str, str | None]] | None = None,
@@ -64,12 +65,6 @@ class GameDataModule(L.LightningDataModule):
         self.shared_tokenizer = tokenizers["rm"] is tokenizer
         self.batch_size = dict(batch_size)
         self.seed, self.num_workers = seed, num_workers
-        self.phase = "sft"
-        self.use_apo = False
-        self.policy_select = "best"
-        self.policy_ref_logps: list[list[float]] | None = None
-        #: split -> one record per prompt: prompt, prompt_ids, responses (ids), texts, rm_scores
-        self.samples: dict[str, list[dict[str, Any]]] = {}
         self._prompt_ids: dict[tuple[str, str], list[int]] = {}
 
     # ---- encoding ---------------------------------------------------------------------------
@@ -116,6 +111,47 @@ class GameDataModule(L.LightningDataModule):
             for i, it in enumerate(items)
         ]
 
+    def sample_items(self, records: list[dict[str, Any]], player: str = "policy") -> list[dict]:
+        """`player`'s listwise items over the samples of each record (scores = RM scores when
+        present)."""
+        return [
+            self.ids_item(
+                i,
+                rec["prompt"],
+                rec["responses"],
+                rec.get("rm_scores", [0.0] * len(rec["responses"])),
+                player,
+            )
+            for i, rec in enumerate(records)
+        ]
+
+    def apo_items(self, records: list[dict[str, Any]]) -> list[dict]:
+        """`[golden, sample_1..K]` per record of the RM split, scores `[1, 0..0]` (APO Eq. 8)."""
+        items = []
+        enc = self.encoders["rm"]
+        for i, rec in enumerate(records):
+            item = self.ids_item(i, rec["prompt"], rec["responses"], [], "rm")
+            gold = enc.response(self.data.golden[rec["prompt"]])
+            item["seqs"] = [enc.sequence(self.prompt_ids(rec["prompt"], "rm"), gold)] + item["seqs"]
+            item["scores"] = [1.0] + [0.0] * len(rec["responses"])
+            items.append(item)
+        return items
+
+    def policy_items(
+        self, selected: list[dict[str, Any]], ref_logps: list[list[float]] | None = None
+    ) -> list[dict]:
+        """The policy fit's items over the objective's selected samples, with the reference
+        log-likelihoods of those samples when the objective needs them."""
+        items = self.sample_items(selected)
+        if ref_logps is not None:
+            if len(ref_logps) != len(items):
+                raise ValueError(
+                    f"{len(ref_logps)} rows of reference log-probs for {len(items)} items"
+                )
+            for it, ref in zip(items, ref_logps):
+                it["ref_logps"] = ref
+        return items
+
     # ---- loaders ------------------------------------------------------------------------------
     def _loader(self, items: list, batch_size: int, collate, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -132,61 +168,62 @@ class GameDataModule(L.LightningDataModule):
         bs = batch_size or self.batch_size["predict"]
         return self._loader(items, bs, ListwiseCollator(self.tokenizer.pad_token_id, op), shuffle)
 
-    def prompt_loader(self, prompts: list[str], k: int, mixture: float | None = None) -> DataLoader:
+    def prompt_loader(self, prompts: list[str], k: int) -> DataLoader:
         items = [{"index": i, "prompt_ids": self.prompt_ids(p)} for i, p in enumerate(prompts)]
         # Generation batch is counted in sequences, so prompts per batch shrink as K grows.
         bs = max(1, self.batch_size["predict"] // max(k, 1))
-        return self._loader(
-            items, bs, PromptCollator(self.tokenizer.pad_token_id, k, mixture), False
+        return self._loader(items, bs, PromptCollator(self.tokenizer.pad_token_id, k), False)
+
+    def sft_loader(self) -> DataLoader:
+        """The warm start's demonstrations."""
+        items = [self.text_item(i, p, [r], [0.0]) for i, (p, r) in enumerate(self.data.sft)]
+        return self.listwise_loader(items, "train", self.batch_size["sft"], shuffle=True)
+
+    def rm_loader(self, apo_records: list[dict[str, Any]] | None = None) -> CombinedLoader:
+        """The RM fit's batches: `human` items, and `apo` items over `apo_records` (this round's
+        samples of the RM split) when given."""
+        loaders = {
+            "human": self.listwise_loader(
+                self.human_items(self.data.human_train, "rm"),
+                "train",
+                self.batch_size["rm"],
+                shuffle=True,
+            )
+        }
+        if apo_records is not None:
+            loaders["apo"] = self.listwise_loader(
+                self.apo_items(apo_records), "train", self.batch_size["apo"], shuffle=True
+            )
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def policy_loader(
+        self, selected: list[dict[str, Any]], ref_logps: list[list[float]] | None = None
+    ) -> DataLoader:
+        """The policy fit's batches over the objective's selected samples."""
+        return self.listwise_loader(
+            self.policy_items(selected, ref_logps), "train", self.batch_size["policy"], shuffle=True
         )
 
-    def train_dataloader(self) -> Any:
-        if self.phase == "sft":
-            items = [self.text_item(i, p, [r], [0.0]) for i, (p, r) in enumerate(self.data.sft)]
-            return self.listwise_loader(items, "train", self.batch_size["sft"], shuffle=True)
-        if self.phase == "rm":
-            loaders = {
-                "human": self.listwise_loader(
-                    self.human_items(self.data.human_train, "rm"),
-                    "train",
-                    self.batch_size["rm"],
-                    shuffle=True,
-                )
-            }
-            if self.use_apo:
-                loaders["apo"] = self.listwise_loader(
-                    self.apo_items(), "train", self.batch_size["apo"], shuffle=True
-                )
-            return CombinedLoader(loaders, mode="max_size_cycle")
-        if self.phase == "policy":
-            return self.listwise_loader(
-                self.policy_items(), "train", self.batch_size["policy"], shuffle=True
-            )
-        raise ValueError(f"GameDataModule.phase must be one of {PHASES}, got {self.phase!r}")
-
     # ---- the policy's samples ------------------------------------------------------------------
-    def regenerate(self, trainer: L.Trainer, policy: L.LightningModule, k: int) -> None:
-        """Replace the samples of the RM and policy splits with K fresh samples per prompt."""
+    def regenerate(
+        self, trainer: L.Trainer, policy: L.LightningModule, k: int
+    ) -> dict[str, list[dict[str, Any]]]:
+        """K fresh samples per prompt of the RM and policy splits: split -> records."""
         splits = {"rm": self.data.rm_prompts, "policy": self.data.policy_prompts}
         prompts = [p for ps in splits.values() for p in ps]
         recs = self.generate(trainer, policy, prompts, k)
-        self.samples, start = {}, 0
+        samples, start = {}, 0
         for split, ps in splits.items():
-            self.samples[split] = recs[start : start + len(ps)]
+            samples[split] = recs[start : start + len(ps)]
             start += len(ps)
-        self.policy_ref_logps = None
+        return samples
 
     def generate(
-        self,
-        trainer: L.Trainer,
-        policy: L.LightningModule,
-        prompts: list[str],
-        k: int,
-        mixture: float | None = None,
+        self, trainer: L.Trainer, policy: L.LightningModule, prompts: list[str], k: int
     ) -> list[dict[str, Any]]:
-        """K samples per prompt from `policy` (from its configured sampling mixture unless
-        `mixture` is given): records with prompt, responses (ids) and texts."""
-        recs = predict_gathered(trainer, policy, self.prompt_loader(prompts, k, mixture))
+        """K samples per prompt from `policy` (as its sampling settings say): records with
+        prompt, responses (ids) and texts."""
+        recs = predict_gathered(trainer, policy, self.prompt_loader(prompts, k))
         return [
             {
                 "prompt": p,
@@ -195,59 +232,6 @@ class GameDataModule(L.LightningDataModule):
             }
             for p, r in zip(prompts, recs)
         ]
-
-    def sample_items(self, records: list[dict[str, Any]], player: str = "policy") -> list[dict]:
-        """`player`'s listwise items over the samples of each record (scores = RM scores when
-        present)."""
-        return [
-            self.ids_item(
-                i,
-                rec["prompt"],
-                rec["responses"],
-                rec.get("rm_scores", [0.0] * len(rec["responses"])),
-                player,
-            )
-            for i, rec in enumerate(records)
-        ]
-
-    def apo_items(self) -> list[dict]:
-        """`[golden, sample_1..K]` per RM-split prompt, scores `[1, 0..0]` (APO Eq. 8 data)."""
-        items = []
-        enc = self.encoders["rm"]
-        for i, rec in enumerate(self.samples["rm"]):
-            item = self.ids_item(i, rec["prompt"], rec["responses"], [], "rm")
-            gold = enc.response(self.data.golden[rec["prompt"]])
-            item["seqs"] = [enc.sequence(self.prompt_ids(rec["prompt"], "rm"), gold)] + item["seqs"]
-            item["scores"] = [1.0] + [0.0] * len(rec["responses"])
-            items.append(item)
-        return items
-
-    def select_policy_samples(self) -> list[dict[str, Any]]:
-        """Per policy prompt, the samples the objective needs, ordered best first by RM score."""
-        out = []
-        for rec in self.samples["policy"]:
-            order = sorted(range(len(rec["responses"])), key=lambda j: -rec["rm_scores"][j])
-            if self.policy_select == "best":
-                order = order[:1]
-            elif self.policy_select == "best_worst":
-                order = [order[0], order[-1]] if len(order) > 1 else order
-            elif self.policy_select != "all":
-                raise ValueError(f"unknown sample selection {self.policy_select!r}")
-            out.append(
-                {
-                    "prompt": rec["prompt"],
-                    "responses": [rec["responses"][j] for j in order],
-                    "rm_scores": [rec["rm_scores"][j] for j in order],
-                }
-            )
-        return out
-
-    def policy_items(self) -> list[dict]:
-        items = self.sample_items(self.select_policy_samples())
-        if self.policy_ref_logps is not None:
-            for it, ref in zip(items, self.policy_ref_logps):
-                it["ref_logps"] = ref
-        return items
 
 
 def _item(

@@ -19,7 +19,7 @@ class ListwiseItem:
 
 @dataclass
 class GameData:
-    """Everything but the policy's own samples.
+    """Everything but the policy's own samples (each part empty unless given).
 
     `human_*` are the preference data D_P (the RM's anchor); `rm_prompts` with `golden` are the
     APO split; `policy_prompts` are the prompts the policy is aligned on; `test_prompts` are held
@@ -27,13 +27,13 @@ class GameData:
     file data trains the separate test RM that judges the policy where there is no oracle.
     """
 
-    sft: list[tuple[str, str]]
-    human_train: list[ListwiseItem]
-    human_val: list[ListwiseItem]
-    rm_prompts: list[str]
-    golden: dict[str, str]
-    policy_prompts: list[str]
-    test_prompts: list[str]
+    sft: list[tuple[str, str]] = field(default_factory=list)
+    human_train: list[ListwiseItem] = field(default_factory=list)
+    human_val: list[ListwiseItem] = field(default_factory=list)
+    rm_prompts: list[str] = field(default_factory=list)
+    golden: dict[str, str] = field(default_factory=dict)
+    policy_prompts: list[str] = field(default_factory=list)
+    test_prompts: list[str] = field(default_factory=list)
     meta: dict[str, float] = field(default_factory=dict)
     test_rm_pairs: list[ListwiseItem] = field(default_factory=list)
 

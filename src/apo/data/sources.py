@@ -15,9 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from apo.config import plain
 from apo.data.adapters import (
     DataFormatError,
     golden_from_chosen,
@@ -43,12 +44,8 @@ TEST_RM_PARTS = ("sft", "rm", "policy", "test", "test_rm")
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
 
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
 def has_oracle(cfg: DictConfig) -> bool:
-    return cfg.data.get("source", "task") == "task"
+    return cfg.data.source == "task"
 
 
 def data_root(dcfg: DictConfig) -> Path:
@@ -71,9 +68,9 @@ def data_path(dcfg: DictConfig, key: str, required: bool = True) -> Path | None:
 def build_game_data(cfg: DictConfig, task: Any) -> GameData:
     """The game's data from the source `cfg.data.source` names, a pure function of it and the seed."""
     d = cfg.data
-    source = d.get("source", "task")
+    source = d.source
     if source == "task":
-        return build_task_data(task, seed=cfg.seed, **_plain(d.sizes))
+        return build_task_data(task, seed=cfg.seed, **plain(d.sizes))
     if source not in SOURCES:
         raise ValueError(f"unknown data.source {source!r}; known: {list(SOURCES)}")
     meta: dict[str, Any] = {}
@@ -90,12 +87,12 @@ def build_game_data(cfg: DictConfig, task: Any) -> GameData:
         items = load_sharegpt(path)
     else:
         path = data_path(d, "comparisons")
-        items = load_comparisons(path, sep=d.get("sep", "<sep>"))
+        items = load_comparisons(path, sep=d.sep)
         rm_golden = _golden_files(d)
         sft_path = data_path(d, "sft", required=False)
         if sft_path is not None:
             sft = [(r["query"], s) for r in load_samples(sft_path) for s in r["samples"]]
-    data = split_file_data(items, _plain(d.sizes), cfg.seed, path, rm_golden=rm_golden)
+    data = split_file_data(items, plain(d.sizes), cfg.seed, path, rm_golden=rm_golden)
     if sft is not None:
         data.sft = sft
     data.meta = {"source": source, "file": str(path), **meta, **data.meta}
@@ -194,11 +191,9 @@ def build_tokenizer(cfg: DictConfig, task: Any, data: GameData) -> PreTrainedTok
     game's training texts (`data.tokenizer.vocab_size`, `min_frequency`)."""
     if has_oracle(cfg):
         return task.build_tokenizer()
-    t = cfg.data.get("tokenizer") or {}
+    t = cfg.data.tokenizer
     return train_bpe_tokenizer(
-        training_texts(data),
-        vocab_size=int(t.get("vocab_size", 1024)),
-        min_frequency=int(t.get("min_frequency", 2)),
+        training_texts(data), vocab_size=int(t.vocab_size), min_frequency=int(t.min_frequency)
     )
 
 
@@ -208,7 +203,7 @@ def check_lengths(data: GameData, tokenizer: PreTrainedTokenizerBase, dcfg: Dict
     `truncate` (default, the game's rule: prompts keep their last `max_prompt_len` tokens,
     prompt + response is cut at `max_len`) only counts; `skip` drops demonstrations, pairs and
     RM-split prompts whose response would be cut (counted); `error` names the first one."""
-    mode = dcfg.get("overlength", "truncate")
+    mode = dcfg.overlength
     if mode not in ("truncate", "skip", "error"):
         raise ValueError(f"data.overlength must be truncate, skip or error, got {mode!r}")
     max_prompt, max_len = int(dcfg.max_prompt_len), int(dcfg.max_len)

@@ -3,8 +3,7 @@
 Every objective takes `logps [B, k]` (summed response log-likelihood under the policy),
 `ref_logps [B, k]` (the same under the frozen reference, or None), `scores [B, k]` (RM scores),
 `mask [B, k]` and `lengths [B, k]` (response tokens), plus its own keyword options, and returns
-`(loss, stats)`. `PolicyObjective.selection(kwargs)` tells the data module which of the K samples
-a prompt's item needs, so that e.g. RJS does not pay for forward passes over samples it ignores.
+`(loss, stats)`. They are registered, with the samples each needs, in `apo.losses.objectives`.
 
 Conventions shared by all objectives: masked items never contribute (their values are zeroed
 before any arithmetic, so padding that holds -inf or NaN cannot leak into the loss or its
@@ -15,9 +14,6 @@ gradient); equal scores never form a preference pair; a batch with nothing to le
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +97,7 @@ def sft(logps, ref_logps, scores, mask, lengths) -> tuple[torch.Tensor, Stats]:
 
 
 def rjs(
-    logps, ref_logps, scores, mask, lengths, top_n: int = 1, threshold: float | None = None
+    logps, ref_logps, scores, mask, lengths, *, top_n: int, threshold: float | None
 ) -> tuple[torch.Tensor, Stats]:
     """Rejection sampling / RAFT (Dong et al. 2023, "RAFT: Reward rAnked FineTuning", Alg. 1).
 
@@ -120,7 +116,7 @@ def rjs(
 
 
 def rrhf(
-    logps, ref_logps, scores, mask, lengths, sft_weight: float = 1.0
+    logps, ref_logps, scores, mask, lengths, *, sft_weight: float
 ) -> tuple[torch.Tensor, Stats]:
     """RRHF (Yuan et al. 2023, "RRHF: Rank Responses to Align Language Models with Human
     Feedback", Eq. 1-4).
@@ -150,9 +146,10 @@ def dpo(
     scores,
     mask,
     lengths,
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
-    pairs: str = "best_worst",
+    *,
+    beta: float,
+    label_smoothing: float,
+    pairs: str,
 ) -> tuple[torch.Tensor, Stats]:
     """Direct Preference Optimization (Rafailov et al. 2023, Eq. 7).
 
@@ -174,7 +171,7 @@ def dpo(
 
 
 def ipo(
-    logps, ref_logps, scores, mask, lengths, beta: float = 0.1, pairs: str = "best_worst"
+    logps, ref_logps, scores, mask, lengths, *, beta: float, pairs: str
 ) -> tuple[torch.Tensor, Stats]:
     """Identity Preference Optimization (Azar et al. 2023, "A General Theoretical Paradigm to
     Understand Learning from Human Preferences", Eq. 17).
@@ -198,9 +195,10 @@ def slic(
     scores,
     mask,
     lengths,
-    delta: float = 1.0,
-    reg_weight: float = 0.0,
-    pairs: str = "best_worst",
+    *,
+    delta: float,
+    reg_weight: float,
+    pairs: str,
 ) -> tuple[torch.Tensor, Stats]:
     """SLiC-HF (Zhao et al. 2023, "SLiC-HF: Sequence Likelihood Calibration with Human Feedback",
     Eq. 1, the rank-calibration hinge plus the cross-entropy regulariser).
@@ -222,7 +220,7 @@ def slic(
     return hinge + reg_weight * nll, stats
 
 
-def lipo(logps, ref_logps, scores, mask, lengths, beta: float = 0.1) -> tuple[torch.Tensor, Stats]:
+def lipo(logps, ref_logps, scores, mask, lengths, *, beta: float) -> tuple[torch.Tensor, Stats]:
     """LiPO-lambda (Liu et al. 2024, "LiPO: Listwise Preference Optimization through
     Learning-to-Rank", Sec. 4, the LambdaLoss objective).
 
@@ -264,48 +262,3 @@ def lipo(logps, ref_logps, scores, mask, lengths, beta: float = 0.1) -> tuple[to
     rows = P.flatten(1).any(-1).sum().clamp(min=1)
     loss = per_pair.sum() / rows
     return loss, _margin_stats(s.unsqueeze(-1) - s.unsqueeze(-2), P)
-
-
-# ------------------------------------------------------------------------------------ registry
-
-
-def _all(kwargs: Mapping[str, Any]) -> str:
-    return "all"
-
-
-def _rjs_selection(kwargs: Mapping[str, Any]) -> str:
-    # With top_n = 1 the threshold only filters the best item, which "best" still delivers.
-    return "best" if int(kwargs.get("top_n", 1)) == 1 else "all"
-
-
-def _pairwise_selection(kwargs: Mapping[str, Any]) -> str:
-    pairs = kwargs.get("pairs", "best_worst")
-    if pairs not in PAIR_MODES:
-        raise ValueError(f"pairs must be one of {PAIR_MODES}, got {pairs!r}")
-    return "all" if pairs == "all" else "best_worst"
-
-
-@dataclass(frozen=True)
-class PolicyObjective:
-    """A registered objective: its loss function and what data it needs."""
-
-    fn: Callable[..., tuple[torch.Tensor, Stats]]
-    #: whether reference log-probs must be computed (once per round) before the fit.
-    needs_reference: bool
-    #: maps the objective's keyword arguments to the samples it needs (see `selection`).
-    selector: Callable[[Mapping[str, Any]], str] = _all
-
-    def selection(self, kwargs: Mapping[str, Any] | None = None) -> str:
-        """Which samples of a prompt the data module keeps: "best", "best_worst" or "all"."""
-        return self.selector(dict(kwargs or {}))
-
-
-POLICY_OBJECTIVES: dict[str, PolicyObjective] = {
-    "sft": PolicyObjective(sft, needs_reference=False),
-    "rjs": PolicyObjective(rjs, needs_reference=False, selector=_rjs_selection),
-    "rrhf": PolicyObjective(rrhf, needs_reference=False),
-    "dpo": PolicyObjective(dpo, needs_reference=True, selector=_pairwise_selection),
-    "ipo": PolicyObjective(ipo, needs_reference=True, selector=_pairwise_selection),
-    "slic": PolicyObjective(slic, needs_reference=False, selector=_pairwise_selection),
-    "lipo": PolicyObjective(lipo, needs_reference=True),
-}

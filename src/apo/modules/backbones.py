@@ -202,7 +202,7 @@ def build_player(
     else:
         key = f"{kind}.model_name_or_path"
         d = checkpoint_dir(path, key)
-        trust = bool(cfg.get("trust_remote_code", False))
+        trust = bool(cfg.trust_remote_code)
         if own_tokenizer:
             tokenizer = load_tokenizer(d, key, trust)
         if kind == "policy":

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apo.distributed import plain_copy, remember_full_state, skeleton
-from apo.losses.policy import POLICY_OBJECTIVES
-from apo.modules.sampling import sample
+from apo.distributed import remember_full_state
+from apo.losses.objectives import PolicyObjective
+from apo.modules.sampling import SamplingSpec, sample
 from apo.strategies import shard
 
 
@@ -28,56 +28,47 @@ def sequence_logps(
 
 
 class PolicyModule(L.LightningModule):
-    """`pi(y | x)` for the APO game.
+    """`pi(y | x)` for the APO game, as a LightningModule for one fit or one prediction.
 
-    Training batches are listwise `[B, k, T]` with RM scores; the objective (a name in
-    `POLICY_OBJECTIVES`, with its keyword arguments) turns their log-likelihoods into a loss.
-    Prediction batches say what to compute in `batch["op"]`: `generate` (K samples per prompt,
-    batched, with the KV cache; see `sampling.sample`), `logps` (policy and reference log-likelihoods) or `ref_logps`.
+    The weights live in `model` and `ref_model` (the frozen `pi_ref`), which outlive the module:
+    the game builds a PolicyModule around them for every fit (with that fit's objective and
+    learning rate) and every prediction (with its sampling settings and seed), through
+    `apo.game.players.policy_module`, so nothing is switched on a module between calls.
+
+    Training batches are listwise `[B, k, T]` with RM scores; `objective.loss` turns their
+    log-likelihoods into a loss. Prediction batches say what to compute in `batch["op"]`:
+    `generate` (`batch["num_samples"]` samples per prompt, batched, with the KV cache; see
+    `sampling.sample`), `logps` (policy and reference log-likelihoods) or `ref_logps`.
 
     Args:
         model: an `AutoModelForCausalLM`.
-        optimizer: a partial optimizer factory taking the parameters.
-        objective: registry name; `objective_kwargs` are passed to it (e.g. `beta`).
-        generation: keyword arguments of `sampling.sample` (max_new_tokens, temperature, top_k,
-            top_p, and `mixture`: the weight of the reference in Nash-MD style mixture sampling).
+        ref_model: the frozen reference (None before the warm start has made it).
+        objective: the loss of a fit; None for a module that only predicts.
+        optimizer: a partial optimizer factory taking the parameters (fits only).
+        lr: the fit's learning rate; None = the optimizer factory's own.
+        log_prefix: prefix of the logged step metrics (fits only), e.g. `policy/train`.
+        sampling: how `generate` samples (predictions that generate).
+        seed: seeds every prediction, per rank: the same seed, round and rank draw the same
+            samples.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        objective: str = "rjs",
-        objective_kwargs: dict[str, Any] | None = None,
-        generation: dict[str, Any] | None = None,
+        ref_model: nn.Module | None = None,
+        objective: PolicyObjective | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        lr: float | None = None,
+        log_prefix: str | None = None,
+        sampling: SamplingSpec | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.model = model
-        self.ref_model: nn.Module | None = None
-        # the architecture without weights, to copy the reference from once `model` is sharded
-        # (not a submodule, so no engine wraps or shards it)
-        object.__setattr__(self, "_skeleton", skeleton(model))
-        self.optimizer_factory = optimizer
-        self.set_objective(objective, objective_kwargs or {})
-        self.generation = dict(generation or {})
-        self.samples_per_prompt = 1
-        self.generation_seed = 0
-        #: learning rate of the round fits when the objective sets one (None = the optimizer's)
-        self.round_lr: float | None = None
-        self.log_prefix = "policy/train"
-
-    def set_objective(self, name: str, kwargs: dict[str, Any]) -> None:
-        if name not in POLICY_OBJECTIVES:
-            raise ValueError(
-                f"unknown policy objective {name!r}; known: {sorted(POLICY_OBJECTIVES)}"
-            )
-        self.objective_name, self.objective = name, POLICY_OBJECTIVES[name]
-        self.objective_kwargs = dict(kwargs)
-
-    def snapshot_reference(self) -> None:
-        """Freeze a copy of the current policy as `pi_ref` (done once, after the warm start)."""
-        self.ref_model = plain_copy(self.model, self._skeleton).eval()
-        self.ref_model.requires_grad_(False)
+        if objective is not None and (optimizer is None or log_prefix is None):
+            raise ValueError("PolicyModule: a fit needs an optimizer and a log_prefix")
+        self.model, self.ref_model = model, ref_model
+        self.objective, self.optimizer_factory, self.lr = objective, optimizer, lr
+        self.log_prefix, self.sampling, self.seed = log_prefix, sampling, seed
 
     def configure_model(self) -> None:
         # the reference is sharded like the policy; it keeps its full weights for saving
@@ -97,14 +88,11 @@ class PolicyModule(L.LightningModule):
         return lp.view(B, k), n.view(B, k)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.objective is None:
+            raise RuntimeError("PolicyModule: built without an objective, it can only predict")
         logps, lengths = self._flat_logps(self.model, batch)
-        loss, stats = self.objective.fn(
-            logps,
-            batch.get("ref_logps"),
-            batch["scores"],
-            batch["mask"],
-            lengths,
-            **self.objective_kwargs,
+        loss, stats = self.objective.loss(
+            logps, batch.get("ref_logps"), batch["scores"], batch["mask"], lengths
         )
         logs = {"loss": loss, **stats}
         bs = batch["input_ids"].shape[0]
@@ -113,7 +101,9 @@ class PolicyModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         # Each rank draws different samples, reproducibly for a given seed, round and rank.
-        torch.manual_seed(self.generation_seed * 1000 + self.global_rank)
+        if self.seed is None:
+            raise RuntimeError("PolicyModule: a prediction needs a seed")
+        torch.manual_seed(self.seed * 1000 + self.global_rank)
         if self.ref_model is not None:
             self.ref_model.eval()
 
@@ -126,7 +116,7 @@ class PolicyModule(L.LightningModule):
         counts = batch["mask"].sum(-1).tolist()
         if op in ("logps", "ref_logps"):
             if self.ref_model is None:
-                raise RuntimeError("reference log-probs requested before snapshot_reference()")
+                raise RuntimeError("reference log-probs requested before the warm start")
             ref, lengths = self._flat_logps(self.ref_model, batch)
             for rec, r, n, c in zip(out, ref.tolist(), lengths.tolist(), counts):
                 rec["ref_logps"], rec["lengths"] = r[:c], n[:c]
@@ -139,28 +129,30 @@ class PolicyModule(L.LightningModule):
         return out
 
     def _generate(self, batch: dict) -> list[dict[str, Any]]:
-        gen = dict(self.generation)
-        mixture = gen.pop("mixture", 0.0)
-        if batch.get("mixture") is not None:
-            mixture = batch["mixture"]
-        mixture = float(mixture or 0.0)
+        if self.sampling is None:
+            raise RuntimeError("PolicyModule: built without sampling settings, it cannot generate")
+        s = self.sampling
+        if s.mixture > 0 and self.ref_model is None:
+            raise RuntimeError("mixture sampling needs the reference policy (after the warm start)")
         cfg = self.model.generation_config
         responses = sample(
             self.model,
             batch["input_ids"],
             batch["attention_mask"],
-            num_samples=int(batch.get("num_samples", self.samples_per_prompt)),
-            max_new_tokens=int(gen.pop("max_new_tokens", 32)),
+            num_samples=int(batch["num_samples"]),
+            spec=s,
             eos_token_id=cfg.eos_token_id,
             pad_token_id=cfg.pad_token_id,
-            ref_model=self.ref_model if mixture > 0 else None,
-            mixture=mixture,
-            **gen,
+            ref_model=self.ref_model if s.mixture > 0 else None,
+            stop_together=self._all_ranks,
         )
         return [{"index": i, "responses": r} for i, r in zip(batch["index"].tolist(), responses)]
 
+    def _all_ranks(self, flag: bool) -> bool:
+        return self.trainer.strategy.reduce_boolean_decision(flag, all=True)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        if self.round_lr is not None and self.objective_name != "sft":
-            return self.optimizer_factory(params, lr=self.round_lr)
+        if self.lr is not None:
+            return self.optimizer_factory(params, lr=self.lr)
         return self.optimizer_factory(params)

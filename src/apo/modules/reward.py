@@ -10,66 +10,53 @@ import torch
 from torch import nn
 
 from apo.distributed import remember_full_state
-from apo.losses.rm import RM_LOSSES, reward_centering
+from apo.losses.rm import RMObjective
 from apo.strategies import shard
 
 POOLINGS = ("last", "eos", "average", "max")
 
 
 class RewardModule(L.LightningModule):
-    """`r(x, y)` for the APO game.
+    """`r(x, y)` for the APO game, as a LightningModule for one fit or one prediction.
+
+    The weights live in `model`, which outlives the module: the game builds a RewardModule around
+    the same model for every fit (with that fit's `objective`) and every prediction (without one),
+    through `apo.game.players.reward_module`, so nothing is switched on a module between calls.
 
     Training batches are dicts of listwise batches: `"human"` (preference items, always) and
-    `"apo"` (items `[golden, sample_1..K]` with scores `[1, 0..0]`, from round 1 on). The loss is
-    `kl_coeff * bradley_terry(human) + (apo_coeff / K) * apo_<apo_loss>(apo)`; `apo_coeff = 0` is
-    the baseline RM.
+    `"apo"` (items `[golden, sample_1..K]` with scores `[1, 0..0]`, when the objective serves
+    them); `objective.loss` weighs them (see `apo.losses.rm.RMObjective`).
 
     Args:
         model: a one-label `AutoModelForSequenceClassification` (its `base_model` and `score`
             head are used, so any pooling works and the export stays loadable by transformers).
-        optimizer: a partial optimizer factory taking the parameters.
-        pooling: `last` (last non-pad token, the default), `eos` (the first end-of-sequence token
-            after the prompt; the last token where there is none), `average` or `max` over tokens.
-        human_loss: RM_LOSSES name of the human-pair term (`bradley_terry`).
-        margin: margin of the pairwise terms (0 = none).
-        centering_coeff: weight of the reward-centering term on the human items (0 = off).
+        pooling: `last` (last non-pad token), `eos` (the first end-of-sequence token after the
+            prompt; the last token where there is none), `average` or `max` over tokens.
         eos_token_id: needed by `eos` pooling.
+        objective: the loss of a fit; None for a module that only predicts.
+        optimizer: a partial optimizer factory taking the parameters (fits only).
+        log_prefix: prefix of the logged step metrics (fits only), e.g. `rm/train`.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        kl_coeff: float = 1.0,
-        apo_coeff: float = 0.1,
-        apo_loss: str = "ranking",
-        samples_per_prompt: int = 4,
-        pooling: str = "last",
-        human_loss: str = "bradley_terry",
-        margin: float = 0.0,
-        centering_coeff: float = 0.0,
-        eos_token_id: int | None = None,
+        pooling: str,
+        eos_token_id: int | None,
+        objective: RMObjective | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        log_prefix: str | None = None,
     ) -> None:
         super().__init__()
-        if apo_loss not in ("ranking", "diff"):
-            raise ValueError(
-                f"RewardModule: apo_loss must be 'ranking' or 'diff', got {apo_loss!r}"
-            )
         if pooling not in POOLINGS:
-            raise ValueError(f"RewardModule: pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise ValueError(f"rm.pooling must be one of {POOLINGS}, got {pooling!r}")
         if pooling == "eos" and eos_token_id is None:
-            raise ValueError("RewardModule: pooling 'eos' needs eos_token_id")
-        if human_loss not in RM_LOSSES:
-            raise ValueError(
-                f"RewardModule: unknown human_loss {human_loss!r}; known: {sorted(RM_LOSSES)}"
-            )
+            raise ValueError("rm.pooling 'eos' needs a tokenizer with an eos token")
+        if objective is not None and (optimizer is None or log_prefix is None):
+            raise ValueError("RewardModule: a fit needs an optimizer and a log_prefix")
         self.model = model
-        self.optimizer_factory = optimizer
-        self.kl_coeff, self.apo_coeff, self.apo_loss = kl_coeff, apo_coeff, apo_loss
-        self.samples_per_prompt, self.pooling = samples_per_prompt, pooling
-        self.human_loss, self.margin, self.centering_coeff = human_loss, margin, centering_coeff
-        self.eos_token_id = eos_token_id
-        self.log_prefix = "rm/train"
+        self.pooling, self.eos_token_id = pooling, eos_token_id
+        self.objective, self.optimizer_factory, self.log_prefix = objective, optimizer, log_prefix
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards for right-padded sequences `[N, T]` -> `[N]`."""
@@ -102,23 +89,14 @@ class RewardModule(L.LightningModule):
         return r.view(B, k)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        human = batch["human"]
-        r_h = self.listwise_rewards(human)
-        loss_h = RM_LOSSES[self.human_loss](r_h, human["scores"], human["mask"], margin=self.margin)
-        loss = self.kl_coeff * loss_h
-        logs = {"loss_human": loss_h, "reward_mean": r_h[human["mask"]].mean().detach()}
-        if self.centering_coeff:
-            loss_c = reward_centering(r_h, human["mask"])
-            loss = loss + self.centering_coeff * loss_c
-            logs["loss_centering"] = loss_c
-        if batch.get("apo") is not None and self.apo_coeff != 0:
-            apo = batch["apo"]
-            loss_a = RM_LOSSES[self.apo_loss](
-                self.listwise_rewards(apo), apo["scores"], apo["mask"], margin=self.margin
-            )
-            loss = loss + (self.apo_coeff / self.samples_per_prompt) * loss_a
-            logs["loss_apo"] = loss_a
-        logs["loss"] = loss
+        if self.objective is None:
+            raise RuntimeError("RewardModule: built without an objective, it can only predict")
+        human, apo = batch["human"], batch.get("apo")
+        r_human = self.listwise_rewards(human)
+        args: tuple = ()
+        if apo is not None and self.objective.serves_apo:
+            args = (self.listwise_rewards(apo), apo["scores"], apo["mask"])
+        loss, logs = self.objective.loss(r_human, human["scores"], human["mask"], *args)
         bs = human["input_ids"].shape[0]
         self.log_dict({f"{self.log_prefix}/{k}": v for k, v in logs.items()}, batch_size=bs)
         return loss

@@ -7,10 +7,33 @@ mixture sampling of Nash-MD (Munos et al. 2023, Sec. 5) and IPO-MD (Calandriello
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from apo.distributed import all_ranks, sharding
+from apo.distributed import sharding
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How the policy samples: `policy.generation.*` plus the objective's `mixture`."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    #: weight of pi_ref in the geometric mixture (0 = sample the policy itself)
+    mixture: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mixture <= 1.0:
+            raise ValueError(f"objective.mixture must be in [0, 1], got {self.mixture}")
+        if self.max_new_tokens < 1:
+            raise ValueError(
+                f"policy.generation.max_new_tokens must be >= 1, got {self.max_new_tokens}"
+            )
 
 
 def _filter(logp: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -54,19 +77,21 @@ def sample(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     num_samples: int,
-    max_new_tokens: int,
+    spec: SamplingSpec,
     eos_token_id: int,
     pad_token_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     ref_model: nn.Module | None = None,
-    mixture: float = 0.0,
     greedy: bool = False,
+    stop_together: Callable[[bool], bool] | None = None,
 ) -> list[list[list[int]]]:
-    """`num_samples` responses per left-padded prompt: `[B][K]` lists of token ids, eos excluded."""
-    if not 0.0 <= mixture <= 1.0:
-        raise ValueError(f"mixture weight must be in [0, 1], got {mixture}")
+    """`num_samples` responses per left-padded prompt: `[B][K]` lists of token ids, eos excluded.
+
+    `spec.mixture > 0` samples the geometric mixture with `ref_model`; `greedy` takes the most
+    likely token instead of sampling. `stop_together(done)` is True when every rank is done
+    (e.g. the strategy's `reduce_boolean_decision`); it is called at each step when a model is
+    sharded, whose forward is a collective, so that every rank runs the same number of steps."""
+    mixture, temperature, max_new_tokens = spec.mixture, spec.temperature, spec.max_new_tokens
+    top_k, top_p = spec.top_k, spec.top_p
     if mixture > 0 and ref_model is None:
         raise ValueError("mixture sampling needs the reference model")
     ids = input_ids.repeat_interleave(num_samples, 0)
@@ -93,8 +118,8 @@ def sample(
         out[:, t] = token
         done |= token == eos_token_id
         finished = bool(done.all())
-        if lockstep:
-            finished = all_ranks(finished, done.device)
+        if lockstep and stop_together is not None:
+            finished = stop_together(finished)
         if finished or t == max_new_tokens - 1:
             break
         att = torch.cat([att, torch.ones_like(att[:, :1])], dim=-1)

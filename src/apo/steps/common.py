@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from apo.config import plain
 from apo.data.adapters import DataFormatError, load_comparisons, load_samples
 from apo.data.adapters.errors import Where, require_object, require_query_id, require_str
 from apo.data.adapters.jsonio import read_records
@@ -21,10 +22,6 @@ from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
 
 log = logging.getLogger(__name__)
-
-
-def plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 # ---- players --------------------------------------------------------------------------------
@@ -51,11 +48,9 @@ def load_tokenizer(d: Path) -> Any:
     return tok
 
 
-def load_policy(path: str | Path, generation: dict[str, Any]) -> tuple[Any, Any]:
-    """`(PolicyModule, tokenizer)` from a saved policy (or a round dir)."""
+def load_policy(path: str | Path) -> tuple[Any, Any]:
+    """`(causal LM, tokenizer)` from a saved policy (or a round dir)."""
     from transformers import AutoModelForCausalLM
-
-    from apo.modules.policy import PolicyModule
 
     d = model_dir(path, "policy")
     tok = load_tokenizer(d)
@@ -63,25 +58,7 @@ def load_policy(path: str | Path, generation: dict[str, Any]) -> tuple[Any, Any]
     gc = model.generation_config
     gc.pad_token_id = gc.pad_token_id if gc.pad_token_id is not None else tok.pad_token_id
     gc.eos_token_id = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
-    return PolicyModule(model, optimizer=None, objective="sft", generation=generation), tok
-
-
-def build_rm(model: Any, tok: Any, cfg: DictConfig, optimizer: Any = None) -> Any:
-    from apo.modules.reward import RewardModule
-
-    g = cfg.get("game") or {}
-    return RewardModule(
-        model=model,
-        optimizer=optimizer,
-        kl_coeff=g.get("rm_kl_coeff", 1.0),
-        apo_coeff=g.get("apo_coeff", 0.0),
-        apo_loss=g.get("apo_loss", "ranking"),
-        samples_per_prompt=g.get("samples_per_prompt", 4),
-        pooling=cfg.rm.pooling,
-        human_loss=g.get("rm_loss", "bradley_terry"),
-        margin=g.get("rm_margin", 0.0),
-        eos_token_id=tok.eos_token_id,
-    )
+    return model, tok
 
 
 # ---- Trainers and data ----------------------------------------------------------------------
@@ -102,7 +79,7 @@ def datamodule(
 ) -> GameDataModule:
     bs = int(cfg.batch_size)
     sizes = {"sft": bs, "policy": bs, "rm": bs, "apo": bs, "predict": bs}
-    data = data or GameData([], [], [], [], {}, [], [])
+    data = data or GameData()
     return GameDataModule(data, tok, sizes, int(cfg.max_prompt_len), int(cfg.max_len), seed=seed)
 
 

@@ -10,7 +10,9 @@ import lightning as L
 from omegaconf import DictConfig
 
 from apo.data.adapters import write_samples
-from apo.steps.common import datamodule, load_policy, make_trainer, plain, read_queries
+from apo.game.plan import sampling_spec
+from apo.modules.policy import PolicyModule
+from apo.steps.common import datamodule, load_policy, make_trainer, read_queries
 from apo.train import CONFIG_DIR, quiet_libraries
 
 log = logging.getLogger(__name__)
@@ -23,10 +25,11 @@ def generate(cfg: DictConfig) -> list[dict]:
         raise ValueError(f"num_samples must be at least 1, got {cfg.num_samples}")
     L.seed_everything(cfg.seed, verbose=False)
     queries = read_queries(cfg.prompts)
-    policy, tok = load_policy(cfg.model, plain(cfg.generation))
+    model, tok = load_policy(cfg.model)
+    spec = sampling_spec(cfg.generation, mixture=0.0)
     dm = datamodule(tok, cfg)
     k = int(cfg.num_samples)
-    policy.generation_seed = int(cfg.seed)
+    policy = PolicyModule(model, sampling=spec, seed=int(cfg.seed))
     texts = [
         rec["texts"] for rec in dm.generate(make_trainer(cfg), policy, [q for _, q in queries], k)
     ]
@@ -34,7 +37,7 @@ def generate(cfg: DictConfig) -> list[dict]:
         todo = [i for i, ts in enumerate(texts) if any(not t.strip() for t in ts)]
         if not todo:
             break
-        policy.generation_seed = int(cfg.seed) * 1000 + attempt
+        policy = PolicyModule(model, sampling=spec, seed=int(cfg.seed) * 1000 + attempt)
         again = dm.generate(make_trainer(cfg), policy, [queries[i][1] for i in todo], k)
         for i, rec in zip(todo, again):
             fresh = iter(t for t in rec["texts"] if t.strip())

@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 from apo.data.adapters import DataFormatError, write_comparisons
 from apo.data.game_data import ListwiseItem
 from apo.distributed import predict_gathered
+from apo.game.players import reward_module
 from apo.steps.common import (
-    build_rm,
     check_lengths,
     datamodule,
     load_tokenizer,
@@ -41,7 +41,8 @@ def score(cfg: DictConfig) -> list[ListwiseItem]:
         )
     d = model_dir(cfg.rm.path, "rm")
     tok = load_tokenizer(d)
-    rm = build_rm(AutoModelForSequenceClassification.from_pretrained(str(d)), tok, cfg)
+    model = AutoModelForSequenceClassification.from_pretrained(str(d))
+    rm = reward_module(model, str(cfg.rm.pooling), tok.eos_token_id)
     dm = datamodule(tok, cfg)
     sets = check_lengths(dm, path, sets, cfg.overlength)
     items = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -13,20 +14,21 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from apo.config import plain
 from apo.data.adapters import load_golden
 from apo.data.game_data import GameData, ListwiseItem
 from apo.distributed import is_global_zero, predict_gathered
 from apo.export import save_player
+from apo.game.plan import rm_objective
+from apo.game.players import reward_module
 from apo.metrics import pairwise_agreement
 from apo.records import write_json
 from apo.steps.common import (
-    build_rm,
     check_lengths,
     datamodule,
     load_tokenizer,
     make_trainer,
     model_dir,
-    plain,
     read_sample_sets,
 )
 from apo.train import CONFIG_DIR, quiet_libraries
@@ -80,34 +82,45 @@ def train_rm(cfg: DictConfig) -> dict[str, float]:
                 texts + [t for kv in golden.items() for t in kv], cfg.vocab_size
             )
         model = build_sequence_classifier(instantiate(cfg.rm.backbone), tok, cfg.seed)
-    rm = build_rm(model, tok, cfg, optimizer=instantiate(cfg.rm.optimizer))
-    rm.apo_coeff = apo_coeff if apo_sets else 0.0
-    rm.samples_per_prompt = max((len(s.samples) for s in apo_sets), default=1)
+    use_apo = bool(apo_sets) and apo_coeff != 0
+    objective = replace(
+        rm_objective(cfg.game),
+        apo_coeff=apo_coeff if apo_sets else 0.0,
+        samples_per_prompt=max((len(s.samples) for s in apo_sets), default=1),
+    )
+    rm = reward_module(
+        model,
+        str(cfg.rm.pooling),
+        tok.eos_token_id,
+        objective,
+        instantiate(cfg.rm.optimizer),
+        "rm/train",
+    )
     probe = datamodule(tok, cfg)
     human_sets = check_lengths(probe, Path(cfg.comparisons), human_sets, cfg.overlength)
     if apo_sets:
         apo_sets = check_lengths(probe, Path(cfg.samples), apo_sets, cfg.overlength)
     items = lambda sets: [ListwiseItem(s.query, s.samples, s.scores) for s in sets]  # noqa: E731
     data = GameData(
-        [], items(human_sets), items(val_sets), [s.query for s in apo_sets], golden, [], []
+        human_train=items(human_sets),
+        human_val=items(val_sets),
+        rm_prompts=[s.query for s in apo_sets],
+        golden=golden,
     )
     dm = datamodule(tok, cfg, data, seed=cfg.seed)
-    dm.phase, dm.use_apo = "rm", bool(apo_sets) and apo_coeff != 0
-    dm.samples = {
-        "rm": [
-            {
-                "prompt": s.query,
-                "responses": [tok(t, add_special_tokens=False)["input_ids"] for t in s.samples],
-            }
-            for s in apo_sets
-        ]
-    }
+    apo_records = [
+        {
+            "prompt": s.query,
+            "responses": [tok(t, add_special_tokens=False)["input_ids"] for t in s.samples],
+        }
+        for s in apo_sets
+    ]
     trainer = make_trainer(cfg, plain(cfg.fit))
-    trainer.fit(rm, datamodule=dm)
+    trainer.fit(rm, train_dataloaders=dm.rm_loader(apo_records if use_apo else None))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics["human_items"], metrics["apo_items"] = (
         len(human_sets),
-        len(apo_sets) if dm.use_apo else 0,
+        len(apo_sets) if use_apo else 0,
     )
     if val_sets:
         val = predict_gathered(

@@ -29,7 +29,7 @@ class OracleTask(ABC):
     #: characters the default tokenizer knows; override or override `build_tokenizer`.
     alphabet: str = ""
 
-    def __init__(self, annotator_beta: float = 8.0) -> None:
+    def __init__(self, annotator_beta: float) -> None:
         if annotator_beta <= 0:
             raise ValueError(
                 f"{type(self).__name__}: annotator_beta must be > 0, got {annotator_beta}"

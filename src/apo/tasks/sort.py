@@ -15,7 +15,7 @@ class SortTask(OracleTask):
     most of the credit. The noisy distribution applies `m` random edits (swap, replace, delete,
     insert) to the sorted answer, `m` drawn from `edit_probs`.
 
-    Args:
+    Args (their defaults are in `configs/task/sort.yaml`):
         min_len, max_len: number of digits in a prompt.
         edit_probs: probabilities of 0, 1, 2, ... edits in a noisy response.
         annotator_beta: see `OracleTask`.
@@ -26,10 +26,10 @@ class SortTask(OracleTask):
 
     def __init__(
         self,
-        min_len: int = 4,
-        max_len: int = 8,
-        edit_probs: tuple[float, ...] = (0.2, 0.35, 0.3, 0.15),
-        annotator_beta: float = 8.0,
+        min_len: int,
+        max_len: int,
+        edit_probs: tuple[float, ...],
+        annotator_beta: float,
     ) -> None:
         super().__init__(annotator_beta=annotator_beta)
         if not 1 <= min_len <= max_len:

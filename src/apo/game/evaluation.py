@@ -1,0 +1,152 @@
+"""The evaluation of a round: the policy on held-out test prompts and the RM on held-out human
+pairs, judged by the game's judge. It returns numbers and records; it writes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from apo.calibration import calibration_errors, preference_probs
+from apo.data.datamodule import GameDataModule
+from apo.game.plan import GamePlan
+from apo.game.players import Players
+from apo.game.trainers import Trainers
+from apo.judges import Judge
+from apo.metrics import mean, pairwise_agreement, std
+
+
+@dataclass
+class Evaluation:
+    """One round's evaluation."""
+
+    metrics: dict[str, Any]
+    #: the test prompts' records: prompt, texts, responses, rm_scores, logps, ref_logps, judge
+    test: list[dict[str, Any]]
+    #: `calibration_errors` of the RM on the held-out human pairs (with its bins)
+    calibration: dict[str, Any]
+    #: per test prompt, the mean judge score (the next round's win rate compares with it)
+    judge_by_prompt: dict[str, float]
+
+
+class Evaluator:
+    """Evaluates the players after the warm start and after every round.
+
+    Args:
+        plan: the evaluation's sampling and samples per test prompt.
+        players, dm, trainers: the game's.
+        judge: scores the test samples (and the human pairs, when it can).
+        seed: the evaluation of round r samples from `seed * 10007 + 5000 + r`.
+        calibration_bins: uniform bins of `sigmoid(r_i - r_j)` for ECE / ACE / MCE.
+    """
+
+    def __init__(
+        self,
+        plan: GamePlan,
+        players: Players,
+        dm: GameDataModule,
+        trainers: Trainers,
+        judge: Judge,
+        seed: int,
+        calibration_bins: int,
+    ) -> None:
+        self.plan, self.players, self.dm, self.trainers = plan, players, dm, trainers
+        self.judge, self.seed, self.bins = judge, seed, calibration_bins
+
+    def evaluate(
+        self,
+        r: int,
+        samples: dict[str, list[dict[str, Any]]],
+        prev_judge: dict[str, float] | None,
+    ) -> Evaluation:
+        """Round `r`'s evaluation; `samples` are the round's training samples (scored, judged),
+        `prev_judge` the last evaluation's `judge_by_prompt`."""
+        dm, data, keys = self.dm, self.dm.data, self.judge.keys
+        # the policy itself is evaluated, never the sampling mixture
+        policy = self.players.policy_module(
+            sampling=self.plan.eval_sampling, seed=self.seed * 10007 + 5000 + r
+        )
+        test = dm.generate(
+            self.trainers.make("policy"),
+            policy,
+            data.test_prompts,
+            self.plan.eval_samples_per_prompt,
+        )
+        lp = self.trainers.predict(
+            "policy", policy, dm.listwise_loader(dm.sample_items(test), "logps")
+        )
+        rm, rm_trainer = self.players.rm_module(), self.trainers.make("rm")
+        scores = self.trainers.predict(
+            "rm", rm, dm.listwise_loader(dm.sample_items(test, "rm"), "score"), rm_trainer
+        )
+        val = self.trainers.predict(
+            "rm", rm, dm.listwise_loader(dm.human_items(data.human_val, "rm"), "score"), rm_trainer
+        )
+        for rec, lps, sc, j in zip(test, lp, scores, self.judge.score(test)):
+            rec["rm_scores"], rec["logps"], rec["ref_logps"], rec["judge"] = (
+                sc["rewards"],
+                lps["logps"],
+                lps["ref_logps"],
+                j,
+            )
+        val_rewards = [v["rewards"] for v in val]
+        val_scores = [it.scores for it in data.human_val]
+        calib = self.calibration(val_rewards, val_scores)
+        flat = lambda key: [x for rec in test for x in rec[key]]  # noqa: E731
+        m: dict[str, Any] = {
+            "round": r,
+            "rm/val/acc": pairwise_agreement(val_rewards, val_scores),
+            **{f"rm/val/{k}": float(calib[k]) for k in ("ece", "ace", "mce")},
+            "rm/val/reward_mean": mean([x for row in val_rewards for x in row]),
+            "rm/val/reward_std": std([x for row in val_rewards for x in row]),
+            keys.onpolicy_acc: pairwise_agreement(
+                [rec["rm_scores"] for rec in test], [rec["judge"] for rec in test]
+            ),
+            keys.reward: mean(flat("judge")),
+            "policy/kl": mean([a - b for a, b in zip(flat("logps"), flat("ref_logps"))]),
+            "policy/length": mean([len(ids) for rec in test for ids in rec["responses"]]),
+            "policy/rm_reward": mean(flat("rm_scores")),
+        }
+        if keys.exact_match:
+            m[keys.exact_match] = mean([float(o == 1.0) for o in flat("judge")])
+        if r > 0:
+            m.update(self.sample_metrics(samples["policy"]))
+        if keys.val_acc:
+            judged = self.judge.score(
+                [{"prompt": it.prompt, "texts": it.responses} for it in data.human_val]
+            )
+            m[keys.val_acc] = pairwise_agreement(val_rewards, judged)
+        now = {rec["prompt"]: mean(rec["judge"]) for rec in test}
+        if keys.win_rate_vs_prev and prev_judge:
+            shared = [p for p in now if p in prev_judge]
+            wins = [
+                1.0 if now[p] > prev_judge[p] else 0.5 if now[p] == prev_judge[p] else 0.0
+                for p in shared
+            ]
+            m[keys.win_rate_vs_prev] = mean(wins)
+        return Evaluation(metrics=m, test=test, calibration=calib, judge_by_prompt=now)
+
+    def calibration(self, rewards: list[list[float]], scores: list[list[float]]) -> dict:
+        """ECE / ACE / MCE of sigmoid(r_i - r_j) on the human pairs (both orientations)."""
+        k = max(len(r) for r in rewards)
+        pad = lambda rows: torch.tensor([r + [0.0] * (k - len(r)) for r in rows])  # noqa: E731
+        mask = torch.tensor([[j < len(r) for j in range(k)] for r in rewards])
+        probs, labels = preference_probs(pad(rewards), pad(scores), mask)
+        return calibration_errors(probs, labels, n_bins=self.bins)
+
+    def sample_metrics(self, recs: list[dict[str, Any]]) -> dict[str, float]:
+        """How well this round's RM picked among the policy's own training samples."""
+        keys = self.judge.keys
+        best = [
+            rec["judge"][max(range(len(rec["judge"])), key=lambda j: rec["rm_scores"][j])]
+            for rec in recs
+        ]
+        return {
+            keys.samples_reward: mean([o for rec in recs for o in rec["judge"]]),
+            keys.rm_best: mean(best),
+            keys.best: mean([max(rec["judge"]) for rec in recs]),
+            keys.samples_acc: pairwise_agreement(
+                [rec["rm_scores"] for rec in recs], [rec["judge"] for rec in recs]
+            ),
+        }

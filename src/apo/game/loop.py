@@ -1,0 +1,201 @@
+"""The GameLoop: build the game's parts from the config, then play its phases in order, saving
+the game state after each, so that `resume=true` continues a killed game where it stopped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from apo import checkpoint
+from apo.data.sources import build_game_data, build_tokenizer, check_lengths, has_oracle
+from apo.distributed import full_state_dict, is_global_zero
+from apo.game.evaluation import Evaluator
+from apo.game.outputs import RoundWriter
+from apo.game.phases import PHASES, START_PHASES, Phase
+from apo.game.plan import build_plan
+from apo.game.players import build_datamodule, build_players
+from apo.game.state import GameState
+from apo.game.trainers import Trainers, timed
+from apo.judges import build_judge
+from apo.logger import GameTensorBoardLogger
+from apo.records import format_table
+
+log = logging.getLogger(__name__)
+
+
+class GameLoop:
+    """One APO game, built from a composed Hydra config (see `configs/train.yaml`).
+
+    Every rank of a multi-process strategy runs this loop; data and samples are the same on all
+    ranks (built from the seed, or gathered after prediction) and only rank 0 writes files.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg, self.run_dir = cfg, Path(cfg.run_dir)
+        self.task = instantiate(cfg.task)
+        data = build_game_data(cfg, self.task)
+        task_tokenizer = build_tokenizer(cfg, self.task, data)
+        if not has_oracle(cfg):
+            check_lengths(data, task_tokenizer, cfg.data)
+        self.plan = build_plan(cfg)
+        self.players = build_players(cfg, task_tokenizer)
+        self.dm = build_datamodule(cfg, data, self.players)
+        self.logger = GameTensorBoardLogger(
+            str(self.run_dir), flush_secs=cfg.tensorboard_flush_secs
+        )
+        self.trainers = Trainers(cfg, self.logger, self.run_dir)
+        self.judge = build_judge(cfg, self.task, self.dm, self.trainers, self.run_dir)
+        self.evaluator = Evaluator(
+            self.plan,
+            self.players,
+            self.dm,
+            self.trainers,
+            self.judge,
+            int(cfg.seed),
+            int(cfg.rm.calibration_bins),
+        )
+        self.writer = RoundWriter(
+            self.run_dir,
+            self.logger,
+            self.judge.keys,
+            self.judge.name,
+            bool(cfg.game.save_weights),
+            int(cfg.game.num_text_samples),
+        )
+        self.state = GameState()
+        self.store = checkpoint.StateStore(self.run_dir)
+
+    def schedule(self) -> list[tuple[int, Phase]]:
+        """`(round, phase)` in playing order: round 0's `START_PHASES`, then
+        `game.round_phases` of every round; phases a game does not need are left out."""
+        unknown = [p for p in self.cfg.game.round_phases if p not in PHASES]
+        if unknown:
+            raise ValueError(
+                f"game.round_phases: unknown phases {unknown}; registered: {sorted(PHASES)}"
+            )
+        rounds = range(1, int(self.cfg.game.rounds) + 1)
+        plan = [(0, p) for p in START_PHASES] + [
+            (r, p) for r in rounds for p in self.cfg.game.round_phases
+        ]
+        return [(r, PHASES[p]) for r, p in plan if PHASES[p].enabled(self)]
+
+    def run(self) -> dict[str, Any]:
+        """Play the game (or what is left of it); return the summary rounds and their table."""
+        t0 = time.perf_counter()
+        schedule = self.schedule()
+        first = self.resume_index(schedule)
+        if first == 0 and is_global_zero():
+            self.players.tokenizer.save_pretrained(str(self.run_dir / "tokenizer"))
+        saving = 0.0
+        for r, phase in schedule[first:]:
+            if phase.timed:
+                with timed(self.state.round_metrics, f"time/{phase.name}_s"):
+                    phase.run(self, r)
+            else:
+                phase.run(self, r)
+            t1 = time.perf_counter()
+            self.save(r, phase, finished=(r, phase) == schedule[-1])
+            saving += time.perf_counter() - t1
+        self.logger.close()
+        table = format_table(self.state.summary, list(self.judge.keys.table))
+        if is_global_zero():
+            log.info(
+                "APO game %s in %.1f s (%d phases played, game state saved in %.1f s); "
+                "run dir %s\n%s",
+                "finished" if first < len(schedule) else "was already finished",
+                time.perf_counter() - t0,
+                len(schedule) - first,
+                saving,
+                self.run_dir,
+                table,
+            )
+        return {"rounds": self.state.summary, "table": table}
+
+    def play(self, r: int, name: str) -> None:
+        """Play phase `name` of round `r` in memory, without saving the game state (for
+        scripts and tests that drive the game themselves; `run` is the resumable game)."""
+        PHASES[name].run(self, r)
+
+    def play_round(self, r: int) -> None:
+        """Play round `r`'s phases (those this game plays) in memory, in order."""
+        for rr, phase in self.schedule():
+            if rr == r:
+                phase.run(self, r)
+
+    # ---- the game state ----------------------------------------------------------------------
+    def save(self, r: int, phase: Phase, finished: bool) -> None:
+        """Every rank hands in its RNG states; rank 0 writes the state after `phase` of round `r`
+        with the weights the phase changed."""
+        self.state.done = (r, phase.name)
+        rng = checkpoint.gather_rng_states()
+        if not is_global_zero():
+            return
+        record = {
+            "done": [r, phase.name],
+            "finished": finished,
+            "config": checkpoint.config_record(self.cfg),
+            "game": self.state.to_dict(),
+            "rng": rng,
+            "tensorboard": self.logger.event_file_sizes(),
+        }
+        models = self.players.models()
+        weights = {n: full_state_dict(models[n]) for n in phase.changes}
+        self.store.save(record, weights, tag=f"r{r:02d}-{phase.name}")
+
+    def resume_index(self, schedule: list[tuple[int, Phase]]) -> int:
+        """Index of the first phase to play: 0 for a new game, the one after the saved phase when
+        resuming (having restored the state).
+
+        Rank 0 resumes with `resume=true` only, and without it refuses a run dir that holds a
+        game. Other ranks always start from the saved state: rank 0 launches them (or is launched
+        with them) when it has reached that state, so none of them can be ahead of it.
+        """
+        store = self.store
+        if is_global_zero():
+            if not store.exists():
+                if self.cfg.resume:
+                    log.info("resume=true: no game state in %s yet, a new game", store.path)
+                return 0
+            if not self.cfg.resume:
+                raise FileExistsError(
+                    f"{store.file}: {self.run_dir} already holds a game; pass resume=true to "
+                    "continue it (a finished game only prints its table), or use a new run dir"
+                )
+        elif not store.exists():
+            return 0
+        saved = store.load()
+        added = checkpoint.check_config(saved["config"], self.cfg, store.file)
+        if added and is_global_zero():
+            log.warning("config keys the saved game did not have (defaults used): %s", added)
+        names = [(r, p.name) for r, p in schedule]
+        done = (int(saved["done"][0]), str(saved["done"][1]))
+        if done not in names:
+            raise ValueError(
+                f"{store.file}: saved after round {done[0]} {done[1]}, a phase this game "
+                f"(game.rounds={self.cfg.game.rounds}) does not play"
+            )
+        played = names[: names.index(done) + 1]
+        self.restore(saved, prepared=(0, "prepare_judge") in played)
+        if is_global_zero():
+            log.info("resuming %s after round %d %s", self.run_dir, *done)
+        return names.index(done) + 1
+
+    def restore(self, saved: dict[str, Any], prepared: bool) -> None:
+        """Load a saved state: the game state, the players' weights, the judge (when it was
+        prepared), then every generator's state and TensorBoard's files."""
+        self.state = GameState.from_dict(saved["game"])
+        w, players = saved["weights"], self.players
+        players.policy.load_state_dict(w["policy"])
+        players.rm.load_state_dict(w["rm"])
+        players.snapshot_reference()
+        players.ref.load_state_dict(w["ref"])
+        if prepared and self.judge.needs_prepare:
+            self.judge.prepare()
+        checkpoint.restore_rng_states(saved["rng"])
+        if is_global_zero():
+            self.logger.rewind(saved["tensorboard"])

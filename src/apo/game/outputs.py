@@ -1,0 +1,127 @@
+"""What a game writes after each evaluation: the round's files, the summary, TensorBoard's round
+metrics and sample texts, the reliability diagram and the players' checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from apo.calibration import reliability_diagram
+from apo.distributed import full_state_dict, is_global_zero
+from apo.export import save_player
+from apo.game.evaluation import Evaluation
+from apo.game.players import Players
+from apo.judges import JudgeKeys
+from apo.logger import GameTensorBoardLogger
+from apo.records import round_dir, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+class RoundWriter:
+    """Writes a round's results into `run_dir` (rank 0 writes; the others return at once).
+
+    Args:
+        run_dir: the game's run directory.
+        logger: the game's TensorBoard logger.
+        keys: the judge's metric names (its score column, the logged table keys).
+        judge_name: shown in TensorBoard's sample table.
+        save_weights: also export both players after every round (the last round always is).
+        num_text_samples: sample texts per round in TensorBoard.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        logger: GameTensorBoardLogger,
+        keys: JudgeKeys,
+        judge_name: str,
+        save_weights: bool,
+        num_text_samples: int,
+    ) -> None:
+        self.run_dir, self.logger, self.keys, self.judge_name = (
+            Path(run_dir),
+            logger,
+            keys,
+            judge_name,
+        )
+        self.save_weights, self.num_text_samples = save_weights, num_text_samples
+
+    def write_round(
+        self,
+        r: int,
+        ev: Evaluation,
+        samples: dict[str, list[dict[str, Any]]],
+        players: Players,
+        final: bool,
+        summary: dict[str, Any],
+    ) -> None:
+        """Round `r`'s files: `reliability.png`, `calibration.json`, `samples.jsonl` (the round's
+        training samples, from round 1), `eval_samples.jsonl`, `metrics.json`; the players'
+        checkpoints (every round with `save_weights`, `final/` after the last); `summary.json`
+        (`summary`); TensorBoard's round metrics and sample texts."""
+        if not is_global_zero():
+            return
+        d, m = round_dir(self.run_dir, r), ev.metrics
+        calib = ev.calibration
+        reliability_diagram(calib, d / "reliability.png", f"RM on held-out human pairs, round {r}")
+        write_json(
+            d / "calibration.json",
+            {k: v.tolist() if hasattr(v, "tolist") else v for k, v in calib.items()},
+        )
+        log.info("round %d: %s", r, "  ".join(f"{k}={m[k]:.4f}" for k in self.keys.table if k in m))
+        if r > 0:
+            write_jsonl(
+                d / "samples.jsonl",
+                [row for split, recs in samples.items() for row in self.rows(r, recs, split)],
+            )
+        write_jsonl(d / "eval_samples.jsonl", self.rows(r, ev.test, "test"))
+        write_json(d / "metrics.json", m)
+        self.export(players, [d] if self.save_weights else [])
+        if final:
+            self.export(players, [self.run_dir / "final"])
+        write_json(self.run_dir / "summary.json", summary)
+        self.logger.log_round(
+            {k: v for k, v in m.items() if k != "round"}, r, {"policy/samples": self.text(ev.test)}
+        )
+
+    def rows(self, r: int, recs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+        """One JSONL row per sample: prompt, response, RM score, judge score (and log-probs)."""
+        return [
+            {
+                "round": r,
+                "split": split,
+                "prompt": rec["prompt"],
+                "sample": j,
+                "response": t,
+                "rm_score": rec["rm_scores"][j],
+                self.keys.record: rec["judge"][j],
+                **(
+                    {"logp": rec["logps"][j], "ref_logp": rec["ref_logps"][j]}
+                    if "logps" in rec
+                    else {}
+                ),
+            }
+            for rec in recs
+            for j, t in enumerate(rec["texts"])
+        ]
+
+    def export(self, players: Players, dirs: list[Path]) -> None:
+        """Both players as plain transformers checkpoints in `<dir>/policy` and `<dir>/rm`."""
+        for out in dirs:
+            for name, model, tok in (
+                ("policy", players.policy, players.tokenizer),
+                ("rm", players.rm, players.rm_tokenizer),
+            ):
+                save_player(model, tok, out / name, state_dict=full_state_dict(model))
+
+    def text(self, test: list[dict[str, Any]]) -> str:
+        """A Markdown table of the first test samples for TensorBoard's text tab."""
+        shown = "\n".join(
+            f"| `{rec['prompt']}` | `{rec['texts'][0]}` | {rec['judge'][0]:.2f} | "
+            f"{rec['rm_scores'][0]:.2f} |"
+            for rec in test[: self.num_text_samples]
+        )
+        judge = "oracle" if self.judge_name == "oracle" else "test RM"
+        return f"| prompt | response | {judge} | RM |\n|---|---|---|---|\n" + shown

@@ -1,0 +1,204 @@
+"""The game's phases: one small unit each, with a common signature `run(game, r)`.
+
+A phase reads `game.state` and the game's parts (`plan`, `players`, `dm`, `trainers`, `judge`,
+`evaluator`, `writer`), does one thing, and updates the state; the loop saves the state after
+it. Adding a phase is one `@phase(...)` unit here (or in your own module) and one entry in
+`game.round_phases`. Every round plays `game.round_phases` in order; round 0 plays
+`START_PHASES` (the warm start, the judge's preparation and the first evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from apo import warm_cache
+from apo.distributed import full_state_dict, is_global_zero
+from apo.game.trainers import timed
+from apo.losses.objectives import SFT
+
+if TYPE_CHECKING:
+    from apo.game.loop import GameLoop
+
+log = logging.getLogger(__name__)
+
+
+def _always(game: GameLoop) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A registered phase."""
+
+    name: str
+    run: Callable[[GameLoop, int], None]
+    #: the players' weights it changes (the state saved after it writes those)
+    changes: tuple[str, ...] = ()
+    #: the loop times it as `time/<name>_s` (False: the phase times itself)
+    timed: bool = True
+    #: whether a game plays it (decided from the config, so a resumed game plays the same)
+    enabled: Callable[[GameLoop], bool] = _always
+
+
+PHASES: dict[str, Phase] = {}
+#: what round 0 plays, in order
+START_PHASES = ("warm_start", "prepare_judge", "evaluate")
+
+
+def phase(
+    name: str,
+    changes: tuple[str, ...] = (),
+    timed: bool = True,
+    enabled: Callable[[GameLoop], bool] | None = None,
+) -> Callable[[Callable[[GameLoop, int], None]], Callable[[GameLoop, int], None]]:
+    """Register `fn(game, r)` as the phase `name` (a name may be registered once)."""
+
+    def register(fn: Callable[[GameLoop, int], None]) -> Callable[[GameLoop, int], None]:
+        if name in PHASES:
+            raise ValueError(f"phase {name!r} is already registered")
+        PHASES[name] = Phase(name, fn, tuple(changes), timed, enabled or _always)
+        return fn
+
+    return register
+
+
+# ---- round 0 ---------------------------------------------------------------------------------
+@phase("warm_start", changes=("policy", "ref", "rm"))
+def warm_start(game: GameLoop, r: int) -> None:
+    """SFT the policy on (noisy) demonstrations, freeze it as the reference, fit the base RM.
+
+    With `game.warm_start_cache` set, a warm start with the same key is loaded instead of
+    fitted (see `apo.warm_cache`), and a fitted one is saved there for the next job."""
+    players, state = game.players, game.state
+    cache_dir = game.cfg.game.get("warm_start_cache")
+    key = warm_cache.warm_start_key(game.cfg)
+    cached = warm_cache.load(cache_dir, key) if cache_dir else None
+    if cached is not None:
+        players.policy.load_state_dict(cached["policy"])
+        players.rm.load_state_dict(cached["rm"])
+        state.steps = dict(cached["steps"])
+        log.info("warm start %s loaded from %s", key, cache_dir)
+    else:
+        sft = players.policy_module(SFT, log_prefix="policy/sft")
+        _fit(game, "policy", "warmup", sft, game.dm.sft_loader())
+        base_rm = players.rm_module(game.plan.warm_rm, log_prefix="rm/base")
+        _fit(game, "rm", "warmup", base_rm, game.dm.rm_loader())
+        if cache_dir and is_global_zero():
+            warm_cache.save(
+                cache_dir,
+                key,
+                {
+                    "policy": full_state_dict(players.policy),
+                    "rm": full_state_dict(players.rm),
+                    "steps": state.steps,
+                },
+            )
+    players.snapshot_reference()
+
+
+@phase("prepare_judge", enabled=lambda game: game.judge.needs_prepare)
+def prepare_judge(game: GameLoop, r: int) -> None:
+    """Whatever the judge needs before it can score (the test RM's one fit)."""
+    game.state.judge_info = game.judge.prepare()
+
+
+@phase("evaluate", timed=False)
+def evaluate(game: GameLoop, r: int) -> None:
+    """Evaluate both players; the round's metrics go into the summary and the files."""
+    t0, state = time.perf_counter(), game.state
+    ev = game.evaluator.evaluate(r, state.samples, state.prev_judge)
+    m = ev.metrics
+    m.update(state.round_metrics)
+    state.round_metrics = {}
+    m["time/evaluate_s"] = time.perf_counter() - t0
+    m["steps/rm"], m["steps/policy"] = state.steps["rm"], state.steps["policy"]
+    state.summary.append(m)
+    state.prev_judge = ev.judge_by_prompt
+    summary = {"rounds": state.summary, "data": {**game.dm.data.meta, **state.judge_info}}
+    final = r == int(game.cfg.game.rounds)
+    game.writer.write_round(r, ev, state.samples, game.players, final, summary)
+
+
+# ---- a round ---------------------------------------------------------------------------------
+@phase("generate", timed=False)
+def generate(game: GameLoop, r: int) -> None:
+    """K fresh samples per prompt of the RM and policy splits from the current policy."""
+    state = game.state
+    state.generation_seed = int(game.cfg.seed) * 10007 + r
+    policy = game.players.policy_module(
+        sampling=game.plan.round(r).sampling, seed=state.generation_seed
+    )
+    with timed(state.round_metrics, "time/generate_s"):
+        state.samples = game.dm.regenerate(
+            game.trainers.make("policy"), policy, game.plan.samples_per_prompt
+        )
+    state.ref_logps = None
+    tokens = sum(
+        len(ids) + 1 for recs in state.samples.values() for rec in recs for ids in rec["responses"]
+    )
+    state.round_metrics["perf/generate_tokens_per_s"] = (
+        tokens / state.round_metrics["time/generate_s"]
+    )
+
+
+@phase("rm_fit", changes=("rm",))
+def rm_fit(game: GameLoop, r: int) -> None:
+    """The adversarial RM step: human pairs, and golden answers against this round's samples."""
+    objective = game.plan.round(r).rm
+    apo = game.state.samples["rm"] if objective.serves_apo else None
+    module = game.players.rm_module(objective, log_prefix="rm/train")
+    _fit(game, "rm", "round", module, game.dm.rm_loader(apo))
+
+
+@phase("score")
+def score(game: GameLoop, r: int) -> None:
+    """The re-trained RM and the judge score this round's samples of both splits."""
+    rm, trainer = game.players.rm_module(), game.trainers.make("rm")
+    dm = game.dm
+    for recs in game.state.samples.values():
+        loader = dm.listwise_loader(dm.sample_items(recs, "rm"), "score")
+        for rec, s in zip(recs, game.trainers.predict("rm", rm, loader, trainer)):
+            rec["rm_scores"] = s["rewards"]
+        for rec, j in zip(recs, game.judge.score(recs)):
+            rec["judge"] = j
+
+
+def _needs_reference(game: GameLoop) -> bool:
+    return any(p.policy.needs_reference for p in game.plan.rounds)
+
+
+@phase("reference", enabled=_needs_reference)
+def reference(game: GameLoop, r: int) -> None:
+    """Reference log-likelihoods of the samples the objective reads, once per round."""
+    state, dm = game.state, game.dm
+    objective = game.plan.round(r).policy
+    if not objective.needs_reference:
+        return
+    selected = objective.select(state.samples["policy"])
+    policy = game.players.policy_module(seed=state.generation_seed)
+    recs = game.trainers.predict(
+        "policy", policy, dm.listwise_loader(dm.policy_items(selected), "ref_logps")
+    )
+    state.ref_logps = [rec["ref_logps"] for rec in recs]
+
+
+@phase("policy_fit", changes=("policy",))
+def policy_fit(game: GameLoop, r: int) -> None:
+    """Align the policy on its RM-scored samples with the round's objective."""
+    plan, state = game.plan.round(r), game.state
+    selected = plan.policy.select(state.samples["policy"])
+    module = game.players.policy_module(plan.policy, lr=plan.lr, log_prefix="policy/train")
+    _fit(game, "policy", "round", module, game.dm.policy_loader(selected, state.ref_logps))
+
+
+# ---- shared by the fits ----------------------------------------------------------------------
+def _fit(game: GameLoop, player: str, stage: str, module: Any, loader: Any) -> None:
+    """Fit `player` with a fresh `stage` Trainer; its steps and last metrics go into the state."""
+    state = game.state
+    result = game.trainers.fit(player, stage, module, loader, state.steps[player])
+    state.steps[player] += result.steps
+    state.last_fit[player] = result.metrics

@@ -1,0 +1,148 @@
+"""The players from the config: the policy, its frozen reference and the RM (models and
+tokenizers), the DataModule they share, and the one place that wraps them in LightningModules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from apo.data.datamodule import GameDataModule
+from apo.data.game_data import GameData
+from apo.distributed import plain_copy, skeleton
+from apo.losses.objectives import PolicyObjective
+from apo.losses.rm import RMObjective
+from apo.modules.backbones import build_player
+from apo.modules.policy import PolicyModule
+from apo.modules.reward import RewardModule
+from apo.modules.sampling import SamplingSpec
+
+Optimizer = Callable[..., torch.optim.Optimizer]
+
+
+def reward_module(
+    model: nn.Module,
+    pooling: str,
+    eos_token_id: int | None,
+    objective: RMObjective | None = None,
+    optimizer: Optimizer | None = None,
+    log_prefix: str | None = None,
+) -> RewardModule:
+    """A RewardModule around `model`: for a fit (`objective`, `optimizer`, `log_prefix`) or for
+    scoring (none of them). The game, its test RM and the step commands all build it here."""
+    return RewardModule(model, pooling, eos_token_id, objective, optimizer, log_prefix)
+
+
+@dataclass
+class Players:
+    """The game's models and tokenizers; their weights are what the fits change."""
+
+    policy: nn.Module
+    rm: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    rm_tokenizer: PreTrainedTokenizerBase
+    pooling: str
+    policy_optimizer: Optimizer
+    rm_optimizer: Optimizer
+    #: the frozen reference `pi_ref`, made by `snapshot_reference` after the warm start
+    ref: nn.Module | None = None
+    #: the policy's architecture without weights, to copy the reference from once the policy is
+    #: sharded (taken before any fit; not a submodule, so no engine wraps it)
+    skeleton: nn.Module | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.skeleton is None:
+            self.skeleton = skeleton(self.policy)
+
+    def snapshot_reference(self) -> None:
+        """Freeze a copy of the current policy as `pi_ref` (a collective if it is sharded)."""
+        self.ref = plain_copy(self.policy, self.skeleton).eval()
+        self.ref.requires_grad_(False)
+
+    def models(self) -> dict[str, nn.Module | None]:
+        """The weights a game state saves, by name."""
+        return {"policy": self.policy, "ref": self.ref, "rm": self.rm}
+
+    def rm_module(
+        self, objective: RMObjective | None = None, log_prefix: str | None = None
+    ) -> RewardModule:
+        """The RM for a fit with `objective` (logging under `log_prefix`), or for scoring."""
+        optimizer = self.rm_optimizer if objective is not None else None
+        return reward_module(
+            self.rm, self.pooling, self.rm_tokenizer.eos_token_id, objective, optimizer, log_prefix
+        )
+
+    def policy_module(
+        self,
+        objective: PolicyObjective | None = None,
+        lr: float | None = None,
+        log_prefix: str | None = None,
+        sampling: SamplingSpec | None = None,
+        seed: int | None = None,
+    ) -> PolicyModule:
+        """The policy for a fit (`objective`, `lr`, `log_prefix`) or a prediction (`sampling`
+        when it generates, and the `seed` every prediction draws from)."""
+        optimizer = self.policy_optimizer if objective is not None else None
+        return PolicyModule(
+            self.policy, self.ref, objective, optimizer, lr, log_prefix, sampling, seed
+        )
+
+
+def _prompt_format(player_cfg: DictConfig) -> dict[str, Any]:
+    return {k: player_cfg.get(k) for k in ("prompt_template", "separator")}
+
+
+def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> Players:
+    """Each player: a tiny model from `backbone` with the task's tokenizer, or a checkpoint
+    directory (`model_name_or_path`) with its own tokenizer. The policy is built first (from
+    `seed`), then the RM (from `seed + 1`)."""
+    d = cfg.data
+    positions = max(d.max_len, d.max_prompt_len + int(cfg.policy.generation.max_new_tokens))
+    policy, tokenizer = build_player(
+        "policy", cfg.policy, cfg.seed, task_tokenizer, positions=positions
+    )
+    same = cfg.rm.get("model_name_or_path") == cfg.policy.get("model_name_or_path")
+    rm, rm_tokenizer = build_player(
+        "rm",
+        cfg.rm,
+        cfg.seed + 1,
+        tokenizer if same else task_tokenizer,
+        own_tokenizer=not same,
+        positions=d.max_len,
+    )
+    return Players(
+        policy=policy,
+        rm=rm,
+        tokenizer=tokenizer,
+        rm_tokenizer=rm_tokenizer,
+        pooling=str(cfg.rm.pooling),
+        policy_optimizer=instantiate(cfg.policy.optimizer),
+        rm_optimizer=instantiate(cfg.rm.optimizer),
+    )
+
+
+def build_datamodule(cfg: DictConfig, data: GameData, players: Players) -> GameDataModule:
+    """The DataModule both players share, with the batch sizes and token budgets of `cfg`."""
+    batch_size = {
+        "sft": cfg.policy.sft_batch_size,
+        "policy": cfg.policy.batch_size,
+        "rm": cfg.rm.batch_size,
+        "apo": cfg.rm.apo_batch_size,
+        "predict": cfg.data.predict_batch_size,
+    }
+    return GameDataModule(
+        data,
+        players.tokenizer,
+        batch_size,
+        cfg.data.max_prompt_len,
+        cfg.data.max_len,
+        seed=cfg.seed,
+        rm_tokenizer=players.rm_tokenizer,
+        prompt_format={p: _prompt_format(cfg[p]) for p in ("policy", "rm")},
+    )

@@ -1,0 +1,94 @@
+"""The Trainer factory of a game: one fresh Lightning Trainer per fit and per prediction, the
+players' step counters continued across fits, and the phase timers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+
+from apo.config import plain
+from apo.distributed import predict_gathered
+from apo.logger import GameTensorBoardLogger
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a fit reports back to the game state."""
+
+    #: optimizer steps the fit took
+    steps: int
+    #: the last logged value of every metric, and the final learning rate (`lr`)
+    metrics: dict[str, float]
+
+
+class Trainers:
+    """Builds the Trainers of one game from `trainer`, `strategy` and the players' fit settings.
+
+    Args:
+        cfg: the composed game config (`trainer`, `strategy`, `<player>_strategy`,
+            `<player>.warmup` / `<player>.round`).
+        logger: the game's TensorBoard logger, shared by every fit.
+        run_dir: the Trainers' `default_root_dir`.
+    """
+
+    def __init__(self, cfg: DictConfig, logger: GameTensorBoardLogger, run_dir: Path) -> None:
+        self.cfg, self.logger, self.run_dir = cfg, logger, Path(run_dir)
+
+    def make(
+        self, player: str, stage: str | None = None, settings: dict[str, Any] | None = None
+    ) -> L.Trainer:
+        """A fresh Trainer for `player`; `stage` (`warmup` / `round`) adds that fit's settings
+        and the game's logger, None makes a prediction Trainer; `settings` are further Trainer
+        arguments."""
+        from apo.strategies import build_strategy
+
+        tcfg = dict(plain(self.cfg.trainer))
+        if stage is not None:
+            tcfg.update(plain(self.cfg[player][stage]))
+        tcfg.update(settings or {})
+        scfg = self.cfg.get(f"{player}_strategy") or self.cfg.strategy
+        strategy, devices = build_strategy(scfg)
+        if tcfg.get("devices") is None:
+            tcfg["devices"] = devices
+        return L.Trainer(
+            **tcfg,
+            strategy=strategy,
+            logger=self.logger if stage is not None else False,
+            default_root_dir=str(self.run_dir),
+        )
+
+    def fit(
+        self, player: str, stage: str, module: L.LightningModule, loader: Any, step_offset: int
+    ) -> FitResult:
+        """Fit `module` on `loader` with a fresh `stage` Trainer; its logged steps start at
+        `step_offset`, so a player's steps continue across fits in TensorBoard."""
+        self.logger.step_offset = step_offset
+        trainer = self.make(player, stage)
+        trainer.fit(module, train_dataloaders=loader)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        return FitResult(steps=trainer.global_step, metrics=metrics)
+
+    def predict(
+        self, player: str, module: L.LightningModule, loader: Any, trainer: L.Trainer | None = None
+    ) -> list[dict]:
+        """Every rank's predictions of `module` on `loader`, gathered and in index order
+        (`trainer`: a prediction Trainer to reuse, else a fresh one)."""
+        return predict_gathered(trainer or self.make(player), module, loader)
+
+
+@contextmanager
+def timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Time the block into `timings[key]` (seconds), also when it raises."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - t0

@@ -1,0 +1,129 @@
+"""`apo-report`: read one run or a multirun sweep and write tables and plots a person reads at a glance.
+
+    apo-report logs/multiruns/2026-11-23_10-00-00            # writes <dir>/report/
+    apo-report <dir> --baseline game.apo_coeff=0 --out docs/
+
+Jobs are grouped by their Hydra overrides without `seed`; each table cell is the mean over the
+group's seeds ± the standard error. Jobs that are still running or failed are listed, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from apo.report.jobs import Job, by_group, find_jobs
+from apo.report.plots import plot_metric, plot_reliability, plot_reward_histograms
+from apo.report.stats import cell, markdown_table, mean_se, metric_table, win_rates
+
+__all__ = [
+    "Job",
+    "build_report",
+    "by_group",
+    "find_jobs",
+    "main",
+    "mean_se",
+    "metric_table",
+    "win_rates",
+]
+
+#: metrics tabulated by default, in this order; missing ones are skipped (games on file data
+#: have no oracle: the test RM's `policy/test_rm_reward` stands in for `policy/gold_reward`)
+DEFAULT_METRICS = [
+    "policy/gold_reward",
+    "policy/test_rm_reward",
+    "policy/win_rate_vs_prev",
+    "rm/onpolicy/acc",
+    "rm/onpolicy/test_rm_acc",
+    "rm/val/acc",
+    "rm/val/ece",
+    "policy/kl",
+    "policy/length",
+]
+#: metrics that also get a plot over rounds
+PLOTTED = (
+    "policy/gold_reward",
+    "policy/test_rm_reward",
+    "rm/onpolicy/acc",
+    "rm/onpolicy/test_rm_acc",
+)
+
+
+def build_report(
+    roots: Path | list[Path],
+    out: Path | None = None,
+    baseline: str = "game.apo_coeff=0",
+    metrics: list[str] | None = None,
+) -> tuple[Path, str]:
+    """Write `report.md` and the PNGs into `out` (default `<first root>/report`); return the path
+    and the Markdown text. Several roots (e.g. two sweeps) are read as one set of jobs."""
+    roots = [Path(r) for r in (roots if isinstance(roots, list | tuple) else [roots])]
+    jobs = [job for root in roots for job in find_jobs(root)]
+    out = Path(out) if out is not None else roots[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# APO report: {', '.join(f'`{r}`' for r in roots)}", ""]
+    lines += ["| job | group | seed | status |", "|---|---|---|---|"]
+    lines += [
+        f"| `{j.path.parent.name}/{j.path.name}` | `{j.group}` | {j.seed or '-'} | {j.status} |"
+        for j in jobs
+    ]
+    lines.append("")
+    for metric in metrics or DEFAULT_METRICS:
+        table = metric_table(jobs, metric)
+        if not table:
+            continue
+        lines += [markdown_table(table, metric), ""]
+        if metric in PLOTTED:
+            name = metric.replace("/", "_") + ".png"
+            plot_metric(table, metric, out / name, baseline)
+            lines += [f"![{metric}]({name})", ""]
+    wins = win_rates(jobs, baseline)
+    if wins:
+        lines += [
+            f"**Win rate of the final policy against `{baseline}`** (same seed, same held-out "
+            "prompts, judged by the oracle, or by the test RM where there is none; ties count half)",
+            "",
+            "| group | win rate | seed pairs |",
+            "|---|---|---|",
+        ]
+        lines += [f"| `{g}` | {cell(m, se, n)} | {n} |" for g, (m, se, n) in wins.items()]
+        lines.append("")
+    for name, fn in (
+        ("reliability.png", plot_reliability),
+        ("reward_histograms.png", plot_reward_histograms),
+    ):
+        if fn(jobs, out / name) is not None:
+            lines += [f"![{name}]({name})", ""]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text + "\n")
+    return out / "report.md", text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="apo-report", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "run_dirs", type=Path, nargs="+", help="run directories or multirun sweep directories"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write (default <run_dir>/report)"
+    )
+    parser.add_argument(
+        "--baseline",
+        default="game.apo_coeff=0",
+        help="override that marks each group's baseline (default game.apo_coeff=0)",
+    )
+    parser.add_argument("--metrics", nargs="*", default=None, help="metrics to tabulate")
+    args = parser.parse_args(argv)
+    try:
+        path, text = build_report(args.run_dirs, args.out, args.baseline, args.metrics)
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 2
+    print(text)
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
