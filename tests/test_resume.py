@@ -155,7 +155,7 @@ def test_sigkill_in_rm_fit_then_resume(full_run: Path, tmp_path: Path):
 @pytest.mark.slow
 def test_sigkill_in_policy_fit_then_resume(full_run: Path, tmp_path: Path):
     run = tmp_path / "run"
-    _kill_during(run, (2, "reference"))
+    _kill_during(run, (2, "score"))  # RJS plays no reference phase
     killed = _scalars(run)["policy/train/loss"]
     round1_steps = _summary(full_run)[1]["steps/policy"]
     assert max(s for s, _ in killed) >= round1_steps  # the round-2 fit was under way
@@ -269,7 +269,7 @@ def test_ddp_sigkill_in_policy_fit_then_resume(tmp_path: Path):
     state rank 0 saved, and the game ends as the uninterrupted 2-process one does."""
     full, run = tmp_path / "full", tmp_path / "run"
     _play(full, "strategy=ddp", "game.rounds=1")
-    _kill_during(run, (1, "reference"), "strategy=ddp", "game.rounds=1")
+    _kill_during(run, (1, "score"), "strategy=ddp", "game.rounds=1")
     _play(run, "strategy=ddp", "game.rounds=1", "resume=true")
     assert _strip(_summary(run)) == _strip(_summary(full))
     for name in ("samples.jsonl", "eval_samples.jsonl"):
