@@ -4,7 +4,10 @@
     apo-report <dir> --baseline game.apo_coeff=0 --out docs/
 
 Jobs are grouped by their Hydra overrides without `seed`; each table cell is the mean over the
-group's seeds ± the standard error. Jobs that are still running or failed are listed, not fatal.
+group's seeds ± the standard error, and `report.csv` / `win_rates.csv` hold the same numbers
+unrounded. Jobs that are still running or failed are listed, not fatal. A job that repeats
+another's group and seed (the same sweep given twice) is listed as a duplicate, with a warning,
+and counted once.
 """
 
 from __future__ import annotations
@@ -13,16 +16,26 @@ import argparse
 import sys
 from pathlib import Path
 
-from apo.report.jobs import Job, by_group, find_jobs
+from apo.report.jobs import Job, by_group, find_jobs, load_jobs, mark_duplicates
 from apo.report.plots import plot_metric, plot_reliability, plot_reward_histograms
-from apo.report.stats import cell, markdown_table, mean_se, metric_table, win_rates
+from apo.report.stats import (
+    cell,
+    markdown_table,
+    mean_se,
+    metric_table,
+    win_rates,
+    write_table_csv,
+    write_win_rates_csv,
+)
 
 __all__ = [
     "Job",
     "build_report",
     "by_group",
     "find_jobs",
+    "load_jobs",
     "main",
+    "mark_duplicates",
     "mean_se",
     "metric_table",
     "win_rates",
@@ -56,10 +69,11 @@ def build_report(
     baseline: str = "game.apo_coeff=0",
     metrics: list[str] | None = None,
 ) -> tuple[Path, str]:
-    """Write `report.md` and the PNGs into `out` (default `<first root>/report`); return the path
-    and the Markdown text. Several roots (e.g. two sweeps) are read as one set of jobs."""
+    """Write `report.md`, `report.csv`, `win_rates.csv` (when there are baselines) and the PNGs
+    into `out` (default `<first root>/report`); return the path and the Markdown text. Several
+    roots (e.g. two sweeps) are read as one set of jobs, each (group, seed) counted once."""
     roots = [Path(r) for r in (roots if isinstance(roots, list | tuple) else [roots])]
-    jobs = [job for root in roots for job in find_jobs(root)]
+    jobs = load_jobs(roots)
     out = Path(out) if out is not None else roots[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# APO report: {', '.join(f'`{r}`' for r in roots)}", ""]
@@ -69,17 +83,23 @@ def build_report(
         for j in jobs
     ]
     lines.append("")
+    tables = {}
     for metric in metrics or DEFAULT_METRICS:
         table = metric_table(jobs, metric)
         if not table:
             continue
+        tables[metric] = table
         lines += [markdown_table(table, metric), ""]
         if metric in PLOTTED:
             name = metric.replace("/", "_") + ".png"
             plot_metric(table, metric, out / name, baseline)
             lines += [f"![{metric}]({name})", ""]
+    write_table_csv(out / "report.csv", tables)
+    lines += ["Every number of these tables, unrounded: [report.csv](report.csv)", ""]
     wins = win_rates(jobs, baseline)
+    (out / "win_rates.csv").unlink(missing_ok=True)  # a stale one would contradict report.md
     if wins:
+        write_win_rates_csv(out / "win_rates.csv", wins, baseline)
         lines += [
             f"**Win rate of the final policy against `{baseline}`** (same seed, same held-out "
             "prompts, judged by the oracle, or by the test RM where there is none; ties count half)",
@@ -88,12 +108,12 @@ def build_report(
             "|---|---|---|",
         ]
         lines += [f"| `{g}` | {cell(m, se, n)} | {n} |" for g, (m, se, n) in wins.items()]
-        lines.append("")
+        lines += ["", "Unrounded: [win_rates.csv](win_rates.csv)", ""]
     for name, fn in (
         ("reliability.png", plot_reliability),
         ("reward_histograms.png", plot_reward_histograms),
     ):
-        if fn(jobs, out / name) is not None:
+        if fn(jobs, out / name, baseline) is not None:
             lines += [f"![{name}]({name})", ""]
     text = "\n".join(lines)
     (out / "report.md").write_text(text + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ import yaml
 #: overrides that do not change results: they never split a group
 IGNORED_OVERRIDE_KEYS = ("seed", "hydra.", "run_dir", "+run_dir", "game.warm_start_cache")
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Job:
@@ -22,6 +25,10 @@ class Job:
     overrides: list[str]
     rounds: list[dict[str, Any]] = field(default_factory=list)
     expected_rounds: int | None = None
+    #: `seed` of `.hydra/config.yaml`: the seed of a job whose overrides do not name one
+    config_seed: str | None = None
+    #: the kept job with the same group and seed; a duplicate is listed but never counted
+    duplicate_of: Path | None = None
 
     @property
     def group(self) -> str:
@@ -33,7 +40,7 @@ class Job:
         for o in self.overrides:
             if o.lstrip("+").startswith("seed="):
                 return o.split("=", 1)[1]
-        return None
+        return self.config_seed
 
     @property
     def complete(self) -> bool:
@@ -43,6 +50,8 @@ class Job:
 
     @property
     def status(self) -> str:
+        if self.duplicate_of is not None:
+            return f"duplicate of {self.duplicate_of}"
         if self.complete:
             return "complete"
         if not self.rounds:
@@ -58,7 +67,7 @@ class Job:
 def _load_job(path: Path) -> Job:
     hydra_dir = path / ".hydra"
     overrides: list[str] = []
-    expected = None
+    expected = seed = None
     if (hydra_dir / "overrides.yaml").exists():
         overrides = [
             str(o) for o in (yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or [])
@@ -67,7 +76,13 @@ def _load_job(path: Path) -> Job:
         cfg = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
         rounds = (cfg.get("game") or {}).get("rounds")
         expected = None if rounds is None else int(rounds) + 1
-    job = Job(path=path, overrides=overrides, expected_rounds=expected)
+        seed = cfg.get("seed")
+    job = Job(
+        path=path,
+        overrides=overrides,
+        expected_rounds=expected,
+        config_seed=None if seed is None else str(seed),
+    )
     summary = path / "summary.json"
     if summary.exists():
         try:
@@ -99,10 +114,57 @@ def find_jobs(root: Path) -> list[Job]:
     return [_load_job(p) for p in subdirs]
 
 
+def mark_duplicates(jobs: list[Job]) -> list[Job]:
+    """Mark every job that repeats another's group and seed (the same sweep given twice, a seed
+    re-run into another directory) and return the duplicates; a warning names each one.
+
+    Of the jobs of one (group, seed) the most complete is kept (a finished game over one that
+    stopped early, then the one with more rounds), and of equally complete ones the first in
+    the order given. Jobs whose seed is unknown (no override, no config) are never duplicates.
+    """
+    kept: dict[tuple[str, str], Job] = {}
+    for job in jobs:
+        if job.seed is None:
+            continue
+        key = (job.group, job.seed)
+        best = kept.setdefault(key, job)
+        if best is not job and _completeness(job) > _completeness(best):
+            kept[key] = job
+    duplicates = []
+    for job in jobs:
+        best = kept.get((job.group, job.seed)) if job.seed is not None else None
+        job.duplicate_of = None if best is None or best is job else best.path
+        if job.duplicate_of == job.path:
+            duplicates.append(job)
+            log.warning("apo-report: %s is given twice; it is counted once", job.path)
+        elif job.duplicate_of is not None:
+            duplicates.append(job)
+            log.warning(
+                "apo-report: %s repeats group `%s` seed %s of %s: it is left out of every "
+                "mean, standard error, win rate and plot",
+                job.path,
+                job.group,
+                job.seed,
+                job.duplicate_of,
+            )
+    return duplicates
+
+
+def _completeness(job: Job) -> tuple[bool, int]:
+    return job.complete, len(job.rounds)
+
+
+def load_jobs(roots: list[Path]) -> list[Job]:
+    """The jobs of every root, in the order given, with repeated (group, seed) jobs marked."""
+    jobs = [job for root in roots for job in find_jobs(root)]
+    mark_duplicates(jobs)
+    return jobs
+
+
 def by_group(jobs: list[Job]) -> dict[str, list[Job]]:
-    """The jobs with a summary, grouped by their overrides without `seed`."""
+    """The jobs with a summary, grouped by their overrides without `seed`; duplicates left out."""
     groups: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
-        if job.rounds:
+        if job.rounds and job.duplicate_of is None:
             groups[job.group].append(job)
     return dict(sorted(groups.items()))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 from apo.records import read_jsonl
 from apo.report.jobs import Job, by_group
@@ -56,6 +58,39 @@ def markdown_table(table: dict[str, dict[int, tuple[float, float, int]]], metric
         row = " | ".join(cell(*cells[r]) if r in cells else "-" for r in rounds)
         lines.append(f"| `{group}` ({n}) | {row} |")
     return "\n".join(lines)
+
+
+def _number(x: float) -> str:
+    # full precision, so the CSV holds what the table rounds; an undefined s.e. (one seed) is empty
+    return repr(float(x)) if math.isfinite(x) else ""
+
+
+def write_table_csv(
+    path: Path, tables: dict[str, dict[str, dict[int, tuple[float, float, int]]]]
+) -> Path:
+    """`report.csv`: one row per (group, metric, round) of every metric table."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "metric", "round", "mean", "se", "n"])
+        for metric, table in tables.items():
+            for group, cells in table.items():
+                for r, (m, se, n) in sorted(cells.items()):
+                    w.writerow([group, metric, r, _number(m), _number(se), n])
+    return path
+
+
+def write_win_rates_csv(
+    path: Path, wins: dict[str, tuple[float, float, int]], baseline: str
+) -> Path:
+    """`win_rates.csv`: one row per group with a baseline group (named in `baseline_group`): the
+    win rate of its final policies, mean and s.e. over the `n` seed pairs."""
+    key, _, value = baseline.partition("=")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "baseline_group", "mean", "se", "n"])
+        for group, (m, se, n) in wins.items():
+            w.writerow([group, baseline_group_of(group, key, value), _number(m), _number(se), n])
+    return path
 
 
 # ---- win rates --------------------------------------------------------------------------------
