@@ -217,10 +217,14 @@ def test_state_round_trip_and_rng(tmp_path: Path):
     # a phase that changes one player writes only its weights; the others stay referenced
     (store.path / ".game_state.pt.leftover").write_bytes(b"half a file")
     store.save({**state, "done": [1, "rm_fit"], "rng": []}, {"rm": {"b": torch.zeros(2)}}, "r01")
+    # the round-0 state is kept beside (the states of this round and the last are), so its
+    # weight files stay too; the leftover temporary file of a killed save is gone
     assert sorted(p.name for p in store.path.iterdir()) == [
         "game_state.pt",
+        "history",
         "policy-r00-ws.pt",
         "progress.json",
+        "rm-r00-ws.pt",
         "rm-r01.pt",
     ]
     again = checkpoint.StateStore(tmp_path).load()
@@ -229,6 +233,34 @@ def test_state_round_trip_and_rng(tmp_path: Path):
     (store.path / "rm-r01.pt").unlink()
     with pytest.raises(FileNotFoundError, match="rm-r01.pt"):
         checkpoint.StateStore(tmp_path).load()
+
+
+def test_rewind_to_the_state_before_a_phase(tmp_path: Path):
+    """A guard that rejects a round's policy fit puts the state saved before it back; states
+    and weight files of older rounds than the last are dropped as the game goes on."""
+    store = checkpoint.StateStore(tmp_path)
+    w = lambda v: {"x": torch.full((3,), float(v))}  # noqa: E731
+    store.save({"done": [0, "warm_start"], "i": 0}, {"policy": w(0), "rm": w(0)}, "r00-warm_start")
+    for r in (1, 2):
+        store.save({"done": [r, "rm_fit"], "i": 10 * r}, {"rm": w(10 * r)}, f"r{r:02d}-rm_fit")
+        store.save({"done": [r, "score"], "i": 10 * r + 1}, {}, f"r{r:02d}-score")
+        store.save(
+            {"done": [r, "policy_fit"], "i": 10 * r + 2},
+            {"policy": w(10 * r + 2)},
+            f"r{r:02d}-policy_fit",
+        )
+    # round 0's state is dropped, its policy weights are still named by round 1's states
+    assert not (store.path / "history" / "r00-warm_start.pt").exists()
+    assert (store.path / "policy-r00-warm_start.pt").exists()
+    done = store.rewind((2, "policy_fit"))
+    assert done == (2, "score")
+    state = checkpoint.StateStore(tmp_path).load()
+    assert state["i"] == 21 and torch.equal(state["weights"]["policy"]["x"], w(12)["x"])
+    assert torch.equal(state["weights"]["rm"]["x"], w(20)["x"])
+    assert not (store.path / "policy-r02-policy_fit.pt").exists()
+    assert json.loads((store.path / "progress.json").read_text())["phase"] == "score"
+    with pytest.raises(ValueError, match="no state kept before round 1 rm_fit"):
+        store.rewind((1, "rm_fit"))
 
 
 @pytest.mark.slow

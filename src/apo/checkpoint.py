@@ -29,11 +29,20 @@ from apo.records import atomic_file, write_json
 
 STATE_DIR = "state"
 STATE_FILE = "game_state.pt"
+HISTORY_DIR = "history"
+INDEX_FILE = "index.json"
 PROGRESS_FILE = "progress.json"
-VERSION = 1
+VERSION = 2
 #: config keys a resumed game may change: where it runs, how many rounds it plays in all, and
 #: what never changes results (`hydra` is Hydra's own node, present in some tests' configs)
-MUTABLE_KEYS = ("resume", "run_dir", "hydra", "game.rounds", "tensorboard_flush_secs")
+MUTABLE_KEYS = (
+    "resume",
+    "resume_allow",
+    "run_dir",
+    "hydra",
+    "game.rounds",
+    "tensorboard_flush_secs",
+)
 _MISSING = "<missing>"
 
 
@@ -100,20 +109,26 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_config(saved: str, cfg: DictConfig, path: Path) -> list[str]:
-    """Raise naming every differing key when `cfg` is not the config the state was saved with.
-
-    Keys the saved config lacks (added to the code since) are allowed; they are returned."""
+def check_config(
+    saved: str, cfg: DictConfig, path: Path, allow: list[str] | tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, tuple[Any, Any]]]:
+    """Raise naming every differing key when `cfg` is not the config the state was saved with,
+    except the keys in `allow` (a key allows everything under it, e.g. `objective` or
+    `objective.lr`). Returns the keys the saved config lacks (added to the code since; allowed)
+    and the allowed changes, key -> (saved, now)."""
     old, new = _flatten(json.loads(saved)), _flatten(json.loads(config_record(cfg)))
-    diff = sorted(k for k in old if old[k] != new.get(k, _MISSING))
+    allowed = lambda k: any(k == a or k.startswith(f"{a}.") for a in allow)  # noqa: E731
+    changed = {k: (old[k], new.get(k, _MISSING)) for k in old if old[k] != new.get(k, _MISSING)}
+    diff = sorted(k for k in changed if not allowed(k))
     if diff:
         shown = "; ".join(f"{k}: saved {old[k]!r}, now {new.get(k, _MISSING)!r}" for k in diff[:8])
         more = f" (and {len(diff) - 8} more)" if len(diff) > 8 else ""
         raise ValueError(
             f"{path}: the saved game was played with a different config: {shown}{more}. Resume "
-            "with the original overrides (only game.rounds may change), or use a new run dir."
+            "with the original overrides (game.rounds may change; allow others with "
+            "resume_allow=[<key>,...]), or use a new run dir."
         )
-    return sorted(k for k in new if k not in old)
+    return sorted(k for k in new if k not in old), {k: changed[k] for k in sorted(changed)}
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -153,27 +168,78 @@ class StateStore:
         self, state: dict[str, Any], weights: dict[str, dict[str, torch.Tensor]], tag: str
     ) -> None:
         """Write `weights` (only those the phase changed) as `<name>-<tag>.pt`, then `state`
-        naming them and the unchanged ones; then drop files no state names."""
+        naming them and the unchanged ones, also kept as `history/<tag>.pt` (the states of this
+        round and the last, so that a guard can rewind to one); then drop files no state names."""
         self.path.mkdir(parents=True, exist_ok=True)
         files = dict(self.weight_files)
         for name, tensors in weights.items():
             files[name] = f"{name}-{tag}.pt"
             atomic_save(tensors, self.path / files[name])
-        atomic_save({**state, "version": VERSION, "weights": files}, self.file)
+        record = {**state, "version": VERSION, "weights": files}
+        atomic_save(record, self.path / HISTORY_DIR / f"{tag}.pt")
+        index = {k: v for k, v in self._index().items() if k != tag}
+        index[tag] = {"done": list(state["done"]), "weights": files}
+        write_json(self.path / HISTORY_DIR / INDEX_FILE, index)
+        atomic_save(record, self.file)
         self.weight_files = files
+        self._progress(state)
+        self._prune(int(state["done"][0]) - 1)
+
+    def _index(self) -> dict[str, dict[str, Any]]:
+        """tag -> `done` and weight files of every kept state, in the order they were saved."""
+        path = self.path / HISTORY_DIR / INDEX_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _progress(self, state: dict[str, Any]) -> None:
         write_json(
             self.path / PROGRESS_FILE,
             {
                 "round": state["done"][0],
                 "phase": state["done"][1],
                 "finished": state.get("finished", False),
-                "steps": state.get("loop", {}).get("steps"),
+                "steps": (state.get("game") or {}).get("steps"),
             },
         )
-        keep = {STATE_FILE, PROGRESS_FILE, *files.values()}
+
+    def _prune(self, oldest_round: int) -> None:
+        """Drop kept states of rounds before `oldest_round`, then every file no state names."""
+        index = self._index()
+        kept = {t: e for t, e in index.items() if e["done"][0] >= oldest_round}
+        if kept != index:
+            write_json(self.path / HISTORY_DIR / INDEX_FILE, kept)
+        names = {f"{t}.pt" for t in kept} | {INDEX_FILE}
+        for p in (self.path / HISTORY_DIR).iterdir():
+            if p.name not in names:
+                p.unlink(missing_ok=True)
+        keep = {STATE_FILE, PROGRESS_FILE, *self.weight_files.values()}
+        keep |= {f for e in kept.values() for f in e["weights"].values()}
         for p in self.path.iterdir():
             if p.is_file() and p.name not in keep:
                 p.unlink(missing_ok=True)
+
+    def rewind(self, before: tuple[int, str]) -> tuple[int, str]:
+        """Make the last state saved before phase `before` (of this game) the game state again
+        and drop the states saved after it; return its `(round, phase)`."""
+        index = self._index()
+        tags = list(index)
+        done = [tuple(index[t]["done"]) for t in tags]
+        at = next((i for i, d in enumerate(done) if d == before), len(done))
+        if at == 0:
+            raise ValueError(f"{self.path}: no state kept before round {before[0]} {before[1]}")
+        tag = tags[at - 1]
+        record = _load(self.path / HISTORY_DIR / f"{tag}.pt")
+        write_json(self.path / HISTORY_DIR / INDEX_FILE, {t: index[t] for t in tags[:at]})
+        atomic_save(record, self.file)
+        self.weight_files = dict(record["weights"])
+        self._progress(record)
+        self._prune(int(record["done"][0]) - 1)
+        return int(record["done"][0]), str(record["done"][1])
+
+    def mark_interrupted(self, r: int, phase: str, reason: str) -> None:
+        """Note in `progress.json` that phase `phase` of round `r` was left unfinished."""
+        path = self.path / PROGRESS_FILE
+        progress = json.loads(path.read_text()) if path.exists() else {}
+        write_json(path, {**progress, "interrupted": {"round": r, "phase": phase, "by": reason}})
 
     def load(self) -> dict[str, Any]:
         """The saved state, with `weights` as name -> state dict."""

@@ -42,7 +42,13 @@ def quiet_libraries() -> None:
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Play the game `cfg` describes; return the metric a sweeper optimises (last round's)."""
+    """Play the game `cfg` describes; return the metric a sweeper optimises (last round's).
+
+    The config is validated first (`apo.validation`): a bad value stops here, before any file
+    is written (an empty run dir Hydra made for it is removed again)."""
+    from apo.validation import validated_or_clean
+
+    validated_or_clean(cfg)
     quiet_libraries()
     adopt_submitit_local_tasks()
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -90,6 +90,7 @@ class Evaluator:
                 lps["ref_logps"],
                 j,
             )
+            rec["entropy"], rec["lengths"] = lps["entropy"], lps["lengths"]
         val_rewards = [v["rewards"] for v in val]
         val_scores = [it.scores for it in data.human_val]
         calib = self.calibration(val_rewards, val_scores)
@@ -107,6 +108,8 @@ class Evaluator:
             "policy/kl": mean([a - b for a, b in zip(flat("logps"), flat("ref_logps"))]),
             "policy/length": mean([len(ids) for rec in test for ids in rec["responses"]]),
             "policy/rm_reward": mean(flat("rm_scores")),
+            # nats per response token, over the policy's own test samples: a collapse monitor
+            "policy/entropy": sum(flat("entropy")) / max(sum(flat("lengths")), 1.0),
         }
         if keys.exact_match:
             m[keys.exact_match] = mean([float(o == 1.0) for o in flat("judge")])

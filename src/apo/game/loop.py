@@ -4,25 +4,29 @@ the game state after each, so that `resume=true` continues a killed game where i
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from apo import checkpoint
 from apo.data.sources import build_game_data, build_tokenizer, check_lengths, has_oracle
-from apo.distributed import full_state_dict, is_global_zero
+from apo.distributed import full_state_dict, gather_objects, is_global_zero
 from apo.game.evaluation import Evaluator
-from apo.game.outputs import RoundWriter
+from apo.game.outputs import RoundWriter, write_run_config
 from apo.game.phases import PHASES, START_PHASES, Phase
 from apo.game.plan import build_plan
 from apo.game.players import build_datamodule, build_players
 from apo.game.state import GameState
 from apo.game.trainers import Trainers, timed
+from apo.guards import DivergenceError
 from apo.judges import build_judge
 from apo.logger import GameTensorBoardLogger
+from apo.preemption import Preempted, StopSignals
 from apo.records import format_table
 
 log = logging.getLogger(__name__)
@@ -85,22 +89,31 @@ class GameLoop:
         return [(r, PHASES[p]) for r, p in plan if PHASES[p].enabled(self)]
 
     def run(self) -> dict[str, Any]:
-        """Play the game (or what is left of it); return the summary rounds and their table."""
-        t0 = time.perf_counter()
-        schedule = self.schedule()
+        """Play the game (or what is left of it); return the summary rounds and their table.
+        SIGTERM / SIGUSR1 stop it at the next safe point with `Preempted` (see
+        `apo.preemption`); a divergence stops it with `DivergenceError`; either way the state
+        stays after the last finished phase."""
+        t0, schedule = time.perf_counter(), self.schedule()
         first = self.resume_index(schedule)
-        if first == 0 and is_global_zero():
-            self.players.tokenizer.save_pretrained(str(self.run_dir / "tokenizer"))
+        if is_global_zero():
+            write_run_config(self.run_dir, self.cfg)
+            if first == 0:
+                self.players.tokenizer.save_pretrained(str(self.run_dir / "tokenizer"))
         saving = 0.0
-        for r, phase in schedule[first:]:
-            if phase.timed:
-                with timed(self.state.round_metrics, f"time/{phase.name}_s"):
-                    phase.run(self, r)
-            else:
-                phase.run(self, r)
-            t1 = time.perf_counter()
-            self.save(r, phase, finished=(r, phase) == schedule[-1])
-            saving += time.perf_counter() - t1
+        with StopSignals() as signals:
+            for r, phase in schedule[first:]:
+                try:
+                    self.play_timed(r, phase)
+                except SIGTERMException:
+                    self.stop(signals.received or signal.SIGTERM, r, phase, finished=False)
+                except DivergenceError as e:
+                    self.reject(e, r)
+                    raise
+                t1 = time.perf_counter()
+                stop = self.save(r, phase, (r, phase) == schedule[-1], signals.received)
+                saving += time.perf_counter() - t1
+                if stop and (r, phase) != schedule[-1]:
+                    self.stop(stop, r, phase, finished=True)
         self.logger.close()
         table = format_table(self.state.summary, list(self.judge.keys.table))
         if is_global_zero():
@@ -116,6 +129,34 @@ class GameLoop:
             )
         return {"rounds": self.state.summary, "table": table}
 
+    def play_timed(self, r: int, phase: Phase) -> None:
+        if phase.timed:
+            with timed(self.state.round_metrics, f"time/{phase.name}_s"):
+                phase.run(self, r)
+        else:
+            phase.run(self, r)
+
+    def reject(self, error: DivergenceError, r: int) -> None:
+        """Say where the saved game stands after a divergence. When a guard rejects round `r`'s
+        `error.rewind_before` phase (e.g. a policy fit that broke the policy's log-probs), the
+        game state goes back to before it, so a resume plays that phase again."""
+        if error.rewind_before is not None and is_global_zero():
+            done = self.store.rewind((r, error.rewind_before))
+            where = f"is rewound to after round {done[0]} {done[1]}"
+        elif self.state.done is not None:
+            where = f"stays after round {self.state.done[0]} {self.state.done[1]}"
+        else:
+            return
+        error.args = (f"{error.args[0]} The game state {where}.",)
+
+    def stop(self, signum: int, r: int, phase: Phase, finished: bool) -> None:
+        """End the game on a signal: note an unfinished phase, close TensorBoard, raise."""
+        where = f"after round {r} {phase.name}" if finished else f"in round {r} {phase.name}"
+        if is_global_zero() and not finished:
+            self.store.mark_interrupted(r, phase.name, signal.Signals(signum).name)
+        self.logger.close()
+        raise Preempted(signum, where)
+
     def play(self, r: int, name: str) -> None:
         """Play phase `name` of round `r` in memory, without saving the game state (for
         scripts and tests that drive the game themselves; `run` is the resumable game)."""
@@ -128,13 +169,18 @@ class GameLoop:
                 phase.run(self, r)
 
     # ---- the game state ----------------------------------------------------------------------
-    def save(self, r: int, phase: Phase, finished: bool) -> None:
-        """Every rank hands in its RNG states; rank 0 writes the state after `phase` of round `r`
-        with the weights the phase changed."""
+    def save(self, r: int, phase: Phase, finished: bool, received: int | None) -> int | None:
+        """Every rank hands in its RNG states (and the stop signal it received, if any); rank 0
+        writes the state after `phase` of round `r` with the weights the phase changed. Returns
+        the signal any rank received, so that all ranks stop together."""
         self.state.done = (r, phase.name)
-        rng = checkpoint.gather_rng_states()
+        gathered = gather_objects([(checkpoint.rng_state(), received)])
+        rng = [g[0] for g in gathered]
+        stop = next((g[1] for g in gathered if g[1] is not None), None)
+        models = self.players.models()
+        weights = {n: full_state_dict(models[n]) for n in phase.changes}
         if not is_global_zero():
-            return
+            return stop
         record = {
             "done": [r, phase.name],
             "finished": finished,
@@ -143,9 +189,8 @@ class GameLoop:
             "rng": rng,
             "tensorboard": self.logger.event_file_sizes(),
         }
-        models = self.players.models()
-        weights = {n: full_state_dict(models[n]) for n in phase.changes}
         self.store.save(record, weights, tag=f"r{r:02d}-{phase.name}")
+        return stop
 
     def resume_index(self, schedule: list[tuple[int, Phase]]) -> int:
         """Index of the first phase to play: 0 for a new game, the one after the saved phase when
@@ -169,7 +214,8 @@ class GameLoop:
         elif not store.exists():
             return 0
         saved = store.load()
-        added = checkpoint.check_config(saved["config"], self.cfg, store.file)
+        allow = list(self.cfg.resume_allow)
+        added, changed = checkpoint.check_config(saved["config"], self.cfg, store.file, allow)
         if added and is_global_zero():
             log.warning("config keys the saved game did not have (defaults used): %s", added)
         names = [(r, p.name) for r, p in schedule]
@@ -181,6 +227,12 @@ class GameLoop:
             )
         played = names[: names.index(done) + 1]
         self.restore(saved, prepared=(0, "prepare_judge") in played)
+        if changed:
+            self.state.config_changes.append(
+                {"after": list(done), "changed": {k: list(v) for k, v in changed.items()}}
+            )
+            if is_global_zero():
+                log.warning("resuming with changed config (resume_allow): %s", changed)
         if is_global_zero():
             log.info("resuming %s after round %d %s", self.run_dir, *done)
         return names.index(done) + 1

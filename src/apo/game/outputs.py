@@ -14,7 +14,7 @@ from apo.game.evaluation import Evaluation
 from apo.game.players import Players
 from apo.judges import JudgeKeys
 from apo.logger import GameTensorBoardLogger
-from apo.records import round_dir, write_json, write_jsonl
+from apo.records import atomic_file, round_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -125,3 +125,24 @@ class RoundWriter:
         )
         judge = "oracle" if self.judge_name == "oracle" else "test RM"
         return f"| prompt | response | {judge} | RM |\n|---|---|---|---|\n" + shown
+
+
+def write_run_config(run_dir: Path, cfg: Any) -> None:
+    """`.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml` of a Hydra run, written by the
+    game once its config is validated and a resume accepted (Hydra's own copy is off:
+    `hydra.output_subdir: null`), so a refused run never rewrites a game's record. Nothing
+    outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    files = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": hc}),
+        "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task)),
+    }
+    for name, text in files.items():
+        with atomic_file(Path(run_dir) / ".hydra" / name) as f:
+            f.write(text)

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from apo import warm_cache
+from apo.config import plain
 from apo.distributed import full_state_dict, is_global_zero
 from apo.game.trainers import timed
+from apo.guards import check_finite, check_limits
 from apo.losses.objectives import SFT
 
 if TYPE_CHECKING:
@@ -84,9 +86,9 @@ def warm_start(game: GameLoop, r: int) -> None:
         log.info("warm start %s loaded from %s", key, cache_dir)
     else:
         sft = players.policy_module(SFT, log_prefix="policy/sft")
-        _fit(game, "policy", "warmup", sft, game.dm.sft_loader())
+        _fit(game, r, "policy", "warmup", sft, game.dm.sft_loader())
         base_rm = players.rm_module(game.plan.warm_rm, log_prefix="rm/base")
-        _fit(game, "rm", "warmup", base_rm, game.dm.rm_loader())
+        _fit(game, r, "rm", "warmup", base_rm, game.dm.rm_loader())
         if cache_dir and is_global_zero():
             warm_cache.save(
                 cache_dir,
@@ -111,6 +113,11 @@ def evaluate(game: GameLoop, r: int) -> None:
     """Evaluate both players; the round's metrics go into the summary and the files."""
     t0, state = time.perf_counter(), game.state
     ev = game.evaluator.evaluate(r, state.samples, state.prev_judge)
+    for key in ("rm_scores", "logps", "judge"):
+        check_finite(
+            (x for rec in ev.test for x in rec[key]),
+            f"round {r} evaluation: the test samples' {key}",
+        )
     m = ev.metrics
     m.update(state.round_metrics)
     state.round_metrics = {}
@@ -121,6 +128,8 @@ def evaluate(game: GameLoop, r: int) -> None:
     summary = {"rounds": state.summary, "data": {**game.dm.data.meta, **state.judge_info}}
     final = r == int(game.cfg.game.rounds)
     game.writer.write_round(r, ev, state.samples, game.players, final, summary)
+    # after the round's files, so the numbers that tripped a guard are there to read
+    check_limits(m, plain(game.cfg.game.guard), r)
 
 
 # ---- a round ---------------------------------------------------------------------------------
@@ -151,7 +160,7 @@ def rm_fit(game: GameLoop, r: int) -> None:
     objective = game.plan.round(r).rm
     apo = game.state.samples["rm"] if objective.serves_apo else None
     module = game.players.rm_module(objective, log_prefix="rm/train")
-    _fit(game, "rm", "round", module, game.dm.rm_loader(apo))
+    _fit(game, r, "rm", "round", module, game.dm.rm_loader(apo))
 
 
 @phase("score")
@@ -159,10 +168,14 @@ def score(game: GameLoop, r: int) -> None:
     """The re-trained RM and the judge score this round's samples of both splits."""
     rm, trainer = game.players.rm_module(), game.trainers.make("rm")
     dm = game.dm
-    for recs in game.state.samples.values():
+    for split, recs in game.state.samples.items():
         loader = dm.listwise_loader(dm.sample_items(recs, "rm"), "score")
         for rec, s in zip(recs, game.trainers.predict("rm", rm, loader, trainer)):
             rec["rm_scores"] = s["rewards"]
+        check_finite(
+            (x for rec in recs for x in rec["rm_scores"]),
+            f"round {r}: the RM's scores of the {split} split's samples",
+        )
         for rec, j in zip(recs, game.judge.score(recs)):
             rec["judge"] = j
 
@@ -192,13 +205,14 @@ def policy_fit(game: GameLoop, r: int) -> None:
     plan, state = game.plan.round(r), game.state
     selected = plan.policy.select(state.samples["policy"])
     module = game.players.policy_module(plan.policy, lr=plan.lr, log_prefix="policy/train")
-    _fit(game, "policy", "round", module, game.dm.policy_loader(selected, state.ref_logps))
+    _fit(game, r, "policy", "round", module, game.dm.policy_loader(selected, state.ref_logps))
 
 
 # ---- shared by the fits ----------------------------------------------------------------------
-def _fit(game: GameLoop, player: str, stage: str, module: Any, loader: Any) -> None:
-    """Fit `player` with a fresh `stage` Trainer; its steps and last metrics go into the state."""
+def _fit(game: GameLoop, r: int, player: str, stage: str, module: Any, loader: Any) -> None:
+    """Fit `player` in round `r` with a fresh `stage` Trainer; its steps and last metrics go
+    into the state."""
     state = game.state
-    result = game.trainers.fit(player, stage, module, loader, state.steps[player])
+    result = game.trainers.fit(player, stage, module, loader, state.steps[player], r)
     state.steps[player] += result.steps
     state.last_fit[player] = result.metrics

@@ -33,6 +33,8 @@ class GameState:
     prev_judge: dict[str, float] | None = None
     #: what the judge's preparation reported (the test RM's accuracy, its fit time)
     judge_info: dict[str, float] = field(default_factory=dict)
+    #: config changes a resume was allowed to make (`resume_allow`): after which phase, what
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
     #: what phases registered outside the package keep between phases (saved with the rest)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -42,11 +42,17 @@ class Trainers:
         self.cfg, self.logger, self.run_dir = cfg, logger, Path(run_dir)
 
     def make(
-        self, player: str, stage: str | None = None, settings: dict[str, Any] | None = None
+        self,
+        player: str,
+        stage: str | None = None,
+        settings: dict[str, Any] | None = None,
+        callbacks: list[L.Callback] | None = None,
     ) -> L.Trainer:
         """A fresh Trainer for `player`; `stage` (`warmup` / `round`) adds that fit's settings
         and the game's logger, None makes a prediction Trainer; `settings` are further Trainer
         arguments."""
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
         from apo.strategies import build_strategy
 
         tcfg = dict(plain(self.cfg.trainer))
@@ -57,20 +63,35 @@ class Trainers:
         strategy, devices = build_strategy(scfg)
         if tcfg.get("devices") is None:
             tcfg["devices"] = devices
+        # the game saves and resumes itself: Lightning's SLURM auto-requeue (an .ckpt on
+        # SIGUSR1 and `scontrol requeue`) must not run beside it
+        plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
         return L.Trainer(
             **tcfg,
             strategy=strategy,
             logger=self.logger if stage is not None else False,
             default_root_dir=str(self.run_dir),
+            callbacks=callbacks,
+            plugins=plugins,
         )
 
     def fit(
-        self, player: str, stage: str, module: L.LightningModule, loader: Any, step_offset: int
+        self,
+        player: str,
+        stage: str,
+        module: L.LightningModule,
+        loader: Any,
+        step_offset: int,
+        round_idx: int,
     ) -> FitResult:
         """Fit `module` on `loader` with a fresh `stage` Trainer; its logged steps start at
-        `step_offset`, so a player's steps continue across fits in TensorBoard."""
+        `step_offset`, so a player's steps continue across fits in TensorBoard. A non-finite
+        loss or gradient stops the fit with a `DivergenceError` naming player, round and step."""
+        from apo.guards import FiniteGuard
+
         self.logger.step_offset = step_offset
-        trainer = self.make(player, stage)
+        guard = FiniteGuard(player, round_idx, step_offset, module.log_prefix)
+        trainer = self.make(player, stage, callbacks=[guard])
         trainer.fit(module, train_dataloaders=loader)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]

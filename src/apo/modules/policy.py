@@ -17,14 +17,24 @@ from apo.strategies import shard
 
 
 def sequence_logps(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-likelihood of the `loss_mask` tokens of each row `[N, T]`, and their count."""
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    entropy: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Summed log-likelihood of the `loss_mask` tokens of each row `[N, T]` and their count;
+    with `entropy`, also the summed entropy of the model's next-token distributions there."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
     targets = input_ids[:, 1:]
     tok_logp = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
     m = loss_mask[:, 1:].to(tok_logp.dtype)
-    return (tok_logp * m).sum(-1), m.sum(-1)
+    if not entropy:
+        return (tok_logp * m).sum(-1), m.sum(-1)
+    with torch.no_grad():
+        logp_all = torch.log_softmax(logits.float(), -1)
+        tok_ent = -(logp_all.exp() * logp_all).sum(-1)
+    return (tok_logp * m).sum(-1), m.sum(-1), (tok_ent * m).sum(-1)
 
 
 class PolicyModule(L.LightningModule):
@@ -77,15 +87,18 @@ class PolicyModule(L.LightningModule):
     def on_fit_end(self) -> None:
         remember_full_state(self.model)
 
-    def _flat_logps(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _flat_logps(
+        self, model: nn.Module, batch: dict, entropy: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         B, k, T = batch["input_ids"].shape
-        lp, n = sequence_logps(
+        out = sequence_logps(
             model,
             batch["input_ids"].view(B * k, T),
             batch["attention_mask"].view(B * k, T),
             batch["loss_mask"].view(B * k, T),
+            entropy=entropy,
         )
-        return lp.view(B, k), n.view(B, k)
+        return tuple(t.view(B, k) for t in out)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.objective is None:
@@ -121,9 +134,9 @@ class PolicyModule(L.LightningModule):
             for rec, r, n, c in zip(out, ref.tolist(), lengths.tolist(), counts):
                 rec["ref_logps"], rec["lengths"] = r[:c], n[:c]
         if op == "logps":
-            lp, _ = self._flat_logps(self.model, batch)
-            for rec, r, c in zip(out, lp.tolist(), counts):
-                rec["logps"] = r[:c]
+            lp, _, ent = self._flat_logps(self.model, batch, entropy=True)
+            for rec, r, e, c in zip(out, lp.tolist(), ent.tolist(), counts):
+                rec["logps"], rec["entropy"] = r[:c], e[:c]
         elif op != "ref_logps":
             raise ValueError(f"PolicyModule.predict_step: unknown op {op!r}")
         return out

@@ -1,0 +1,120 @@
+"""Guards that stop a game loudly instead of letting it train on garbage: non-finite losses and
+gradients inside every fit, non-finite scores, and configurable limits on the policy's KL and
+entropy (`game.guard`). A stop leaves the game state at the last finished phase."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.distributed.tensor import DTensor
+
+from apo.distributed import sharding
+
+log = logging.getLogger(__name__)
+
+
+class DivergenceError(FloatingPointError):
+    """A fit or a score went non-finite (or a guard limit was crossed); the message names the
+    player, the round and the step, and how to continue. `rewind_before` names the phase of the
+    round whose result is rejected (the game state goes back to before it), or None."""
+
+    def __init__(self, message: str, rewind_before: str | None = None) -> None:
+        super().__init__(message)
+        self.rewind_before = rewind_before
+
+
+#: a Monte-Carlo KL per response below this is not noise but broken log-probabilities
+BROKEN_KL = -1.0
+RESUME_HINT = (
+    "lower the learning rate (or change what diverged) and continue the saved game with "
+    "resume=true resume_allow=[<the changed keys>], e.g. resume_allow=[objective.lr]."
+)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+class FiniteGuard(L.Callback):
+    """Stops a fit on the first non-finite loss (before its backward) or gradient (before the
+    optimizer step), so the weights are still those of the last good step. Every rank takes the
+    same decision (a reduction over ranks), so none is left waiting in a collective.
+
+    It also logs the gradient norm before clipping as `<log_prefix>/grad_norm`.
+
+    Args:
+        player: `policy` or `rm`, for the message.
+        round_idx: the game round of the fit (0 = the warm start).
+        step_offset: the player's steps before this fit (the message counts the game's steps).
+        log_prefix: where the module logs its step metrics.
+    """
+
+    def __init__(self, player: str, round_idx: int, step_offset: int, log_prefix: str) -> None:
+        self.player, self.round_idx, self.step_offset = player, round_idx, step_offset
+        self.log_prefix = log_prefix
+
+    def _where(self, trainer: L.Trainer) -> str:
+        fit = "warm-start fit" if self.round_idx == 0 else f"fit of round {self.round_idx}"
+        return f"{self.player} {fit}, step {self.step_offset + trainer.global_step + 1}"
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: Any, loss: torch.Tensor) -> None:
+        ok = bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(ok, all=True):
+            raise DivergenceError(
+                f"{self._where(trainer)}: non-finite loss ({float(loss.detach()):.4g}); "
+                + RESUME_HINT
+            )
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer) -> None:
+        grads = [_local(p.grad) for p in pl_module.parameters() if p.grad is not None]
+        if not grads:  # DeepSpeed keeps its own gradients; the loss check still guards it
+            return
+        sq = torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
+        if sharding(pl_module) is not None:
+            sq = trainer.strategy.reduce(sq, reduce_op="sum")
+        norm = float(sq.sqrt())
+        if not trainer.strategy.reduce_boolean_decision(math.isfinite(norm), all=True):
+            raise DivergenceError(f"{self._where(trainer)}: non-finite gradient; " + RESUME_HINT)
+        pl_module.log(f"{self.log_prefix}/grad_norm", norm, on_step=True, on_epoch=False)
+
+
+def check_finite(values: Iterable[float], what: str) -> None:
+    """Raise `DivergenceError` naming `what` when any value is NaN or infinite."""
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise DivergenceError(
+            f"{what}: {len(bad)} non-finite values (e.g. {bad[0]}); " + RESUME_HINT
+        )
+
+
+def check_limits(metrics: dict[str, Any], guard: dict[str, Any], r: int) -> list[str]:
+    """The `game.guard` limits crossed by round `r`'s evaluation: `max_kl` (policy/kl above it)
+    and `min_entropy` (policy/entropy below it). With `action: stop` they raise, else they are
+    logged as warnings and returned. A KL estimate below `BROKEN_KL` always raises."""
+    crossed = []
+    kl, ent = metrics.get("policy/kl"), metrics.get("policy/entropy")
+    if guard.get("max_kl") is not None and kl is not None and kl > guard["max_kl"]:
+        crossed.append(f"policy/kl={kl:.4g} above game.guard.max_kl={guard['max_kl']}")
+    if guard.get("min_entropy") is not None and ent is not None and ent < guard["min_entropy"]:
+        crossed.append(
+            f"policy/entropy={ent:.4g} below game.guard.min_entropy={guard['min_entropy']}"
+        )
+    if kl is not None and math.isfinite(kl) and kl < BROKEN_KL:
+        # a Monte-Carlo KL(pi || pi_ref) is >= 0 up to sampling noise: far below, the
+        # log-probabilities themselves have broken down, whatever the guard settings
+        raise DivergenceError(
+            f"round {r} evaluation: policy/kl={kl:.4g} < {BROKEN_KL}, but a KL estimate on the "
+            "policy's own samples is >= 0 up to noise: its log-probabilities broke down in the "
+            "round's policy fit; " + RESUME_HINT,
+            rewind_before="policy_fit",
+        )
+    for msg in crossed:
+        if guard["action"] == "stop":
+            raise DivergenceError(f"round {r} evaluation: {msg}; " + RESUME_HINT, "policy_fit")
+        log.warning("round %d: %s", r, msg)
+    return crossed
