@@ -46,11 +46,22 @@ KEY_PATHS = (
 OPTIONAL_KEY_PATHS = tuple(
     f"{player}.{name}"
     for player in ("policy", "rm")
-    for name in ("model_name_or_path", "trust_remote_code", "prompt_template", "separator", "lora")
+    for name in (
+        "model_name_or_path",
+        "trust_remote_code",
+        "prompt_template",
+        "separator",
+        "chat_template",
+        "lora",
+    )
 )
 
 
-def _is_unset(value: Any) -> bool:
+def _is_unset(path: str, value: Any) -> bool:
+    if path.endswith(".chat_template"):
+        # Its default `auto` (or no such key, in configs older than it) keeps the keys of older
+        # caches; `false` differs from it on conversational data with a chat-template checkpoint.
+        return value in ("auto", None)
     return value in (None, False) or (isinstance(value, dict) and value.get("r") is None)
 
 
@@ -60,7 +71,7 @@ def warm_start_key(cfg: DictConfig) -> str:
         picked[path] = plain(OmegaConf.select(cfg, path, default=None))
     for path in OPTIONAL_KEY_PATHS:
         value = plain(OmegaConf.select(cfg, path, default=None))
-        if not _is_unset(value):
+        if not _is_unset(path, value):
             picked[path] = value
     blob = json.dumps(picked, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

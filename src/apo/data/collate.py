@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,6 +30,12 @@ class Encoder:
     `prompt_template` (e.g. `"Human: {prompt}\n\nAssistant:"`) wraps each prompt text before
     encoding (`{prompt}` is replaced; other braces stay as they are); `separator` is text encoded
     after the prompt, e.g. a special token of the tokenizer, kept even when the prompt is truncated.
+
+    `chat_template` says when the tokenizer's own chat template renders a prompt
+    (`apply_chat_template(messages, add_generation_prompt=True)`) instead of `prompt_template`:
+    `"auto"` for prompts that come with their messages (conversational data) when the tokenizer
+    has a chat template; `True` for every prompt (a text prompt becomes one user turn), and the
+    tokenizer must have one; `False` or `None` never.
     """
 
     def __init__(
@@ -38,6 +45,7 @@ class Encoder:
         max_len: int,
         prompt_template: str | None = None,
         separator: str | None = None,
+        chat_template: bool | str | None = None,
     ) -> None:
         self.tok = tokenizer
         self.max_prompt_len, self.max_len = max_prompt_len, max_len
@@ -47,6 +55,20 @@ class Encoder:
         if prompt_template is not None and "{prompt}" not in prompt_template:
             raise ValueError(f"prompt_template {prompt_template!r} has no {{prompt}} placeholder")
         self.prompt_template = prompt_template
+        if chat_template not in ("auto", True, False, None):
+            raise ValueError(f"chat_template must be auto, true or false, got {chat_template!r}")
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat_template is True and not has_template:
+            raise ValueError(
+                "chat_template=true, but the tokenizer has no chat template; set chat_template "
+                "to auto or false, or give the checkpoint's tokenizer one"
+            )
+        #: when the chat template renders: every prompt, prompts with messages, or never
+        self.chat: str | None = None
+        if chat_template is True:
+            self.chat = "all"
+        elif chat_template == "auto" and has_template:
+            self.chat = "messages"
         self.sep_ids = (
             tokenizer(separator, add_special_tokens=False)["input_ids"] if separator else []
         )
@@ -54,10 +76,23 @@ class Encoder:
         if max_prompt_len - len(self.bos) - len(self.sep_ids) < 1:
             raise ValueError(f"max_prompt_len={max_prompt_len} leaves no room for the prompt text")
 
-    def prompt(self, text: str) -> list[int]:
+    def render(self, text: str, messages: Sequence[dict[str, str]] | None = None) -> str:
+        """The prompt as the model reads it, before bos and the separator."""
+        if self.chat == "all" or (self.chat == "messages" and messages is not None):
+            turns = list(messages) if messages is not None else [{"role": "user", "content": text}]
+            out = self.tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            # Many templates open with the bos token's text; the ids get bos from `prompt`.
+            bos = self.tok.bos_token
+            if self.bos and bos and out.startswith(bos):
+                out = out[len(bos) :]
+            return out
         if self.prompt_template is not None:
-            text = self.prompt_template.replace("{prompt}", text)
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+            return self.prompt_template.replace("{prompt}", text)
+        return text
+
+    def prompt(self, text: str, messages: Sequence[dict[str, str]] | None = None) -> list[int]:
+        """`text`'s ids; `messages` is the same prompt as a conversation, if it has one."""
+        ids = self.tok(self.render(text, messages), add_special_tokens=False)["input_ids"]
         # Left truncation keeps the end of the prompt, where the question is.
         budget = self.max_prompt_len - len(self.bos) - len(self.sep_ids)
         return self.bos + ids[-budget:] + self.sep_ids

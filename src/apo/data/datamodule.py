@@ -36,8 +36,9 @@ class GameDataModule(L.LightningDataModule):
         max_prompt_len, max_len: token budgets (prompts are truncated on the left).
         seed: shuffling seed.
         rm_tokenizer: the RM's tokenizer when it differs from the policy's.
-        prompt_format: per player (`policy`, `rm`), `Encoder` settings `prompt_template` and
-            `separator`.
+        prompt_format: per player (`policy`, `rm`), `Encoder` settings `prompt_template`,
+            `separator` and `chat_template`. Prompts with a conversation in `data.messages` are
+            encoded from it, so each player's chat template sees the roles.
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class GameDataModule(L.LightningDataModule):
         tokenizers = {"policy": tokenizer, "rm": rm_tokenizer or tokenizer}
         fmt = prompt_format or {}
         self.encoders = {
-            player: Encoder(tok, max_prompt_len, max_len, **(fmt.get(player) or {}))
+            player: _encoder(player, tok, max_prompt_len, max_len, fmt.get(player) or {})
             for player, tok in tokenizers.items()
         }
         self.enc = self.encoders["policy"]
@@ -71,7 +72,8 @@ class GameDataModule(L.LightningDataModule):
     def prompt_ids(self, prompt: str, player: str = "policy") -> list[int]:
         key = (player, prompt)
         if key not in self._prompt_ids:
-            self._prompt_ids[key] = self.encoders[player].prompt(prompt)
+            messages = self.data.messages.get(prompt)
+            self._prompt_ids[key] = self.encoders[player].prompt(prompt, messages)
         return self._prompt_ids[key]
 
     def text_item(
@@ -232,6 +234,16 @@ class GameDataModule(L.LightningDataModule):
             }
             for p, r in zip(prompts, recs)
         ]
+
+
+def _encoder(
+    player: str, tok: PreTrainedTokenizerBase, max_prompt_len: int, max_len: int, fmt: dict
+) -> Encoder:
+    try:
+        return Encoder(tok, max_prompt_len, max_len, **fmt)
+    except ValueError as e:
+        # The settings are per player: say whose (`policy.chat_template=true`, ...).
+        raise ValueError(f"{player}: {e}") from None
 
 
 def _item(

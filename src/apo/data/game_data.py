@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from apo.tasks.base import OracleTask
 
+#: a conversation: `{"role": "system" | "user" | "assistant", "content": str}` dicts
+Messages = list[dict[str, str]]
+
 
 @dataclass
 class ListwiseItem:
@@ -15,6 +18,10 @@ class ListwiseItem:
     prompt: str
     responses: list[str]
     scores: list[float]
+    #: the prompt as a conversation, when the data had one; `prompt` is then its text rendering
+    #: (the fallback), and the players' chat templates render these messages instead. The text
+    #: alone is the item's identity, so it is left out of comparisons.
+    messages: Messages | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -25,6 +32,9 @@ class GameData:
     APO split; `policy_prompts` are the prompts the policy is aligned on; `test_prompts` are held
     out for evaluation only. `test_rm_pairs` are preference pairs kept out of the game, on which
     file data trains the separate test RM that judges the policy where there is no oracle.
+    `messages` maps a prompt text to the conversation it renders, for conversational data:
+    prompts travel as text everywhere (splits, samples, round files), and each player's encoder
+    looks the conversation up to render it with its own chat template.
     """
 
     sft: list[tuple[str, str]] = field(default_factory=list)
@@ -36,6 +46,7 @@ class GameData:
     test_prompts: list[str] = field(default_factory=list)
     meta: dict[str, float] = field(default_factory=dict)
     test_rm_pairs: list[ListwiseItem] = field(default_factory=list)
+    messages: dict[str, Messages] = field(default_factory=dict)
 
 
 def _unique_prompts(task: OracleTask, n: int, rng: random.Random) -> list[str]:

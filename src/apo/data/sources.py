@@ -1,5 +1,6 @@
 """Where a game's data comes from, chosen by `cfg.data.source`: the oracle task (`data=task`) or
-preference files (`data=hh_rlhf`, `data=apo_files`, `data=sharegpt_dpo`).
+preference files (`data=hh_rlhf`, `data=apo_files`, `data=sharegpt_dpo`, and `data=preference`:
+TRL's formats in a local Hugging Face dataset).
 
 File data is split by prompt, deterministically by seed, into the game's parts: `sft` (the
 chosen responses are the warm-start demonstrations), `human_train` / `human_val` (the RM's human
@@ -25,6 +26,7 @@ from apo.data.adapters import (
     load_comparisons,
     load_golden,
     load_hh_rlhf,
+    load_preference,
     load_samples,
     load_sharegpt,
     split_prompts,
@@ -35,7 +37,7 @@ from apo.data.text_tokenizer import train_bpe_tokenizer
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("task", "hh_rlhf", "apo_files", "sharegpt_dpo")
+SOURCES = ("task", "hh_rlhf", "apo_files", "sharegpt_dpo", "preference")
 #: the prompt-disjoint parts of file data, in cut order (`sizes.n_<part>` prompts each)
 PARTS = ("sft", "human_train", "human_val", "rm", "policy", "test", "test_rm")
 #: parts whose pairs train the test RM by default (all but the game RM's own human pairs)
@@ -85,6 +87,12 @@ def build_game_data(cfg: DictConfig, task: Any) -> GameData:
     elif source == "sharegpt_dpo":
         path = data_path(d, "path")
         items = load_sharegpt(path)
+    elif source == "preference":
+        path = data_path(d, "path")
+        items = load_preference(path, d.split, d.format)
+        meta.update(
+            {"records": len(items), "conversational": sum(it.messages is not None for it in items)}
+        )
     else:
         path = data_path(d, "comparisons")
         items = load_comparisons(path, sep=d.sep)
@@ -95,6 +103,7 @@ def build_game_data(cfg: DictConfig, task: Any) -> GameData:
     data = split_file_data(items, plain(d.sizes), cfg.seed, path, rm_golden=rm_golden)
     if sft is not None:
         data.sft = sft
+    data.messages = {it.prompt: it.messages for it in items if it.messages is not None}
     data.meta = {"source": source, "file": str(path), **meta, **data.meta}
     return data
 

@@ -95,7 +95,7 @@ class Players:
 
 
 def _prompt_format(player_cfg: DictConfig) -> dict[str, Any]:
-    return {k: player_cfg.get(k) for k in ("prompt_template", "separator")}
+    return {k: player_cfg.get(k) for k in ("prompt_template", "separator", "chat_template")}
 
 
 def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> Players:

@@ -10,7 +10,16 @@ from typing import Any
 
 from apo.data.adapters.errors import Where, require_list, require_object
 from apo.data.adapters.jsonio import read_records
-from apo.data.game_data import ListwiseItem
+from apo.data.game_data import ListwiseItem, Messages
+
+#: ShareGPT roles as chat-template roles; a turn of any other role keeps the prompt text-only
+CHAT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
 
 
 def _hh_prefixes() -> dict[str, str]:
@@ -58,22 +67,31 @@ def load_sharegpt(path: str | Path, template: ChatTemplate = HH_TEMPLATE) -> lis
     Replies lose their leading whitespace, as in `load_hh_rlhf`. Anything off is an error, not a
     skip: an unknown role, a conversation that does not end on a user turn, a reply from a
     non-assistant role, an empty reply, or identical chosen and rejected replies (this format
-    has no known quirks that would justify dropping records quietly)."""
+    has no known quirks that would justify dropping records quietly). Each item keeps its
+    conversation as chat messages (`ListwiseItem.messages`)."""
     path = Path(path)
     items = []
     for where, raw in read_records(path):
         rec = require_object(raw, where)
-        prompt = template.render(_conversation(rec, where, template))
+        turns = _conversation(rec, where, template)
+        prompt = template.render(turns)
         chosen = _reply(rec, "chosen", where, template)
         rejected = _reply(rec, "rejected", where, template)
         if chosen == rejected:
             raise where.error(
                 "expected different chosen and rejected replies, found the same", "rejected"
             )
-        items.append(ListwiseItem(prompt, [chosen, rejected], [1.0, 0.0]))
+        items.append(ListwiseItem(prompt, [chosen, rejected], [1.0, 0.0], _messages(turns)))
     # read_records refuses a file without records and every record loads or raises, so
     # `items` is never empty here.
     return items
+
+
+def _messages(turns: list[tuple[str, str]]) -> Messages | None:
+    """The turns as chat messages, for the players' chat templates."""
+    if any(role not in CHAT_ROLES for role, _ in turns):
+        return None
+    return [{"role": CHAT_ROLES[role], "content": value} for role, value in turns]
 
 
 def _conversation(
