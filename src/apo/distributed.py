@@ -74,60 +74,47 @@ def sharding(model: nn.Module) -> str | None:
     return None
 
 
-def _gather_full_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The full state dict on CPU; a collective: every rank must call it."""
+def _gather_full_state(model: nn.Module, rank0_only: bool) -> dict[str, torch.Tensor]:
+    """The full state dict on CPU (a collective for sharded models: every rank must call it);
+    with `rank0_only`, ranks other than 0 get `{}` and never hold a full copy."""
     kind = sharding(model)
+    rank0 = not rank0_only or not dist.is_initialized() or dist.get_rank() == 0
     if kind == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=False)
-        return {
-            k: v.detach().cpu().clone()
-            for k, v in get_model_state_dict(model, options=opts).items()
-        }
+        # cpu_offload with a full state dict gathers to rank 0 only, one tensor at a time
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
+        state = get_model_state_dict(model, options=opts)
+        return {k: v.detach().cpu().clone() for k, v in state.items()} if rank0 else {}
     if kind == "zero3":
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        gathered: dict[int, torch.Tensor] = {}
+        # one parameter at a time, so no rank holds more than one gathered tensor beyond its
+        # shard (and rank 0 the copies it keeps)
+        for p in model.parameters():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                if rank0:
+                    gathered[id(p)] = p.detach().cpu().clone()
+        if not rank0:
+            return {}
+        # the state dict's own keys and order; a tied weight appears under each of its names
+        return {
+            k: gathered[id(v)] if id(v) in gathered else v.detach().cpu().clone()
+            for k, v in model.state_dict(keep_vars=True).items()
+        }
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def remember_full_state(model: nn.Module) -> None:
-    """After a fit of a sharded model, keep a CPU copy of its full weights for
-    `full_state_dict` (a collective: call it on every rank; nothing for unsharded models)."""
-    if sharding(model) is not None:
-        _keep(model, _gather_full_state(model))
-
-
-def remember_frozen_state(model: nn.Module) -> None:
-    """Before a frozen model (the reference policy) is first sharded, keep its full weights:
-    they never change, so this copy serves every later `full_state_dict`."""
-    if sharding(model) is None and getattr(model, "_apo_full_state", None) is None:
-        _keep(model, _gather_full_state(model))
-
-
-def _keep(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    # a plain attribute, not a buffer: it must not become part of the model's own state
-    object.__setattr__(model, "_apo_full_state", state)
-
-
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's full weights as plain CPU tensors, whatever engine trained it.
+    """The model's full weights as plain CPU tensors on rank 0, whatever engine trained it.
 
-    Unsharded models (auto, ddp, ZeRO-2) give their live weights. Sharded ones (FSDP, ZeRO-3)
-    give the copy `remember_full_state` took at the end of the last fit (the players call it in
-    `on_fit_end`); no collective runs here, so rank-0-only code may call it.
-    """
+    A collective when the model is sharded (FSDP, ZeRO-3): every rank must call it; rank 0 gets
+    the weights, gathered one tensor at a time, the other ranks `{}` (no rank but 0 ever holds a
+    full copy). Unsharded models (auto, ddp, ZeRO-2) give their live weights on every rank."""
     if sharding(model) is None:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    state = getattr(model, "_apo_full_state", None)
-    if state is None:
-        raise RuntimeError(
-            f"{type(model).__name__} is sharded and no full copy of its weights was gathered; "
-            "call apo.distributed.remember_full_state(model) on every rank after its fit"
-        )
-    return state
+    return _gather_full_state(model, rank0_only=True)
 
 
 def skeleton(model: nn.Module) -> nn.Module:
@@ -146,5 +133,5 @@ def plain_copy(model: nn.Module, skeleton_: nn.Module) -> nn.Module:
     if sharding(model) is None:
         return copy.deepcopy(model)
     out = copy.deepcopy(skeleton_)
-    out.load_state_dict(_gather_full_state(model), assign=True)
+    out.load_state_dict(_gather_full_state(model, rank0_only=False), assign=True)
     return out

@@ -198,8 +198,9 @@ class TestRMJudge:
                 self.trainers.make("rm", None, tcfg).fit(
                     fit, train_dataloaders=held_out.rm_loader()
                 )
+                weights = full_state_dict(model)  # a collective for a sharded test RM
                 if is_global_zero():
-                    save_player(model, tok, out, state_dict=full_state_dict(model))
+                    save_player(model, tok, out, state_dict=weights)
             self.module = reward_module(model, pooling, eos)
             val = self.trainers.predict(
                 "rm", self.module, dm.listwise_loader(dm.human_items(data.human_val), "score")

@@ -173,22 +173,16 @@ def shards_parameters(strategy: Any) -> bool:
 def shard(module: Any, roots: list[nn.Module | None], frozen: list[nn.Module | None] = ()) -> None:
     """Prepare `module` for its Trainer's engine; called from the players' `configure_model`.
 
-    Under an engine that shards parameters, `frozen` modules (never fitted again) keep a copy of
-    their full weights first (see `apo.distributed.full_state_dict`). Under FSDP2, each root
+    `frozen` modules (the reference policy) are sharded like the others. Under FSDP2, each root
     (the modules the LightningModule calls directly; their forward gathers their own
     parameters) gets `fully_shard` on its decoder layers, then on itself. Modules sharded by an
     earlier Trainer are kept as they are, so the same module can be fitted and used again.
     """
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    from apo.distributed import remember_frozen_state
-
     strategy = module.trainer.strategy
     if not shards_parameters(strategy):
         return
-    for m in frozen:
-        if m is not None:
-            remember_frozen_state(m)
     if not isinstance(strategy, ModelParallelStrategy):
         return
     mesh = strategy.device_mesh["data_parallel"]

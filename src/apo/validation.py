@@ -98,6 +98,7 @@ class Player(_Open):
     trust_remote_code: bool
     prompt_template: str | None
     separator: str | None
+    chat_template: Literal["auto"] | bool
     lora: Lora
 
     @field_validator("prompt_template")
@@ -120,12 +121,21 @@ class RM(Player):
 
 
 class Data(_Open):
-    source: Literal["task", "hh_rlhf", "apo_files", "sharegpt_dpo"]
+    source: str
     sizes: dict[str, int | None]
     max_prompt_len: int = Field(ge=2)
     max_len: int = Field(ge=3)
     predict_batch_size: int = Field(ge=1)
     overlength: Literal["truncate", "skip", "error"]
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from apo.data.sources import SOURCES
+
+        if v not in SOURCES:
+            raise ValueError(f"must be one of {list(SOURCES)}")
+        return v
 
     @field_validator("sizes")
     @classmethod

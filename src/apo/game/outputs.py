@@ -61,6 +61,11 @@ class RoundWriter:
         training samples, from round 1), `eval_samples.jsonl`, `metrics.json`; the players'
         checkpoints (every round with `save_weights`, `final/` after the last); `summary.json`
         (`summary`); TensorBoard's round metrics and sample texts."""
+        dirs = [round_dir(self.run_dir, r)] if self.save_weights else []
+        dirs += [self.run_dir / "final"] if final else []
+        # gathered on every rank (a collective for sharded players), written by rank 0
+        players_ = (("policy", players.policy), ("rm", players.rm))
+        weights = {n: full_state_dict(m) for n, m in players_} if dirs else {}
         if not is_global_zero():
             return
         d, m = round_dir(self.run_dir, r), ev.metrics
@@ -78,9 +83,7 @@ class RoundWriter:
             )
         write_jsonl(d / "eval_samples.jsonl", self.rows(r, ev.test, "test"))
         write_json(d / "metrics.json", m)
-        self.export(players, [d] if self.save_weights else [])
-        if final:
-            self.export(players, [self.run_dir / "final"])
+        self.export(players, weights, dirs)
         write_json(self.run_dir / "summary.json", summary)
         self.logger.log_round(
             {k: v for k, v in m.items() if k != "round"}, r, {"policy/samples": self.text(ev.test)}
@@ -107,14 +110,14 @@ class RoundWriter:
             for j, t in enumerate(rec["texts"])
         ]
 
-    def export(self, players: Players, dirs: list[Path]) -> None:
+    def export(self, players: Players, weights: dict[str, dict], dirs: list[Path]) -> None:
         """Both players as plain transformers checkpoints in `<dir>/policy` and `<dir>/rm`."""
         for out in dirs:
             for name, model, tok in (
                 ("policy", players.policy, players.tokenizer),
                 ("rm", players.rm, players.rm_tokenizer),
             ):
-                save_player(model, tok, out / name, state_dict=full_state_dict(model))
+                save_player(model, tok, out / name, state_dict=weights[name])
 
     def text(self, test: list[dict[str, Any]]) -> str:
         """A Markdown table of the first test samples for TensorBoard's text tab."""

@@ -89,16 +89,11 @@ def warm_start(game: GameLoop, r: int) -> None:
         _fit(game, r, "policy", "warmup", sft, game.dm.sft_loader())
         base_rm = players.rm_module(game.plan.warm_rm, log_prefix="rm/base")
         _fit(game, r, "rm", "warmup", base_rm, game.dm.rm_loader())
-        if cache_dir and is_global_zero():
-            warm_cache.save(
-                cache_dir,
-                key,
-                {
-                    "policy": full_state_dict(players.policy),
-                    "rm": full_state_dict(players.rm),
-                    "steps": state.steps,
-                },
-            )
+        if cache_dir:
+            # gathered on every rank (a collective for sharded players), written by rank 0
+            weights = {"policy": full_state_dict(players.policy), "rm": full_state_dict(players.rm)}
+            if is_global_zero():
+                warm_cache.save(cache_dir, key, {**weights, "steps": state.steps})
     players.snapshot_reference()
 
 

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apo.distributed import remember_full_state
 from apo.losses.objectives import PolicyObjective
 from apo.modules.sampling import SamplingSpec, sample
 from apo.strategies import shard
@@ -83,9 +82,6 @@ class PolicyModule(L.LightningModule):
     def configure_model(self) -> None:
         # the reference is sharded like the policy; it keeps its full weights for saving
         shard(self, [self.model, self.ref_model], frozen=[self.ref_model])
-
-    def on_fit_end(self) -> None:
-        remember_full_state(self.model)
 
     def _flat_logps(
         self, model: nn.Module, batch: dict, entropy: bool = False

@@ -9,7 +9,6 @@ import lightning as L
 import torch
 from torch import nn
 
-from apo.distributed import remember_full_state
 from apo.losses.rm import RMObjective
 from apo.strategies import shard
 
@@ -79,9 +78,6 @@ class RewardModule(L.LightningModule):
     def configure_model(self) -> None:
         # `forward` calls the backbone and the head directly, so each is an FSDP2 root
         shard(self, [self.model.base_model, self.model.score])
-
-    def on_fit_end(self) -> None:
-        remember_full_state(self.model)
 
     def listwise_rewards(self, batch: dict) -> torch.Tensor:
         B, k, T = batch["input_ids"].shape

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from apo.config import plain
 from apo.data.adapters import load_golden
 from apo.data.game_data import GameData, ListwiseItem
-from apo.distributed import is_global_zero, predict_gathered
+from apo.distributed import full_state_dict, is_global_zero, predict_gathered
 from apo.export import save_player
 from apo.game.plan import rm_objective
 from apo.game.players import reward_module
@@ -131,8 +131,9 @@ def train_rm(cfg: DictConfig) -> dict[str, float]:
         )
     if not all(math.isfinite(v) for v in metrics.values()):
         raise FloatingPointError(f"RM training diverged: {metrics}; lower rm.optimizer.lr")
+    weights = full_state_dict(model)  # a collective when the engine shards the RM
     if is_global_zero():
-        out = save_player(model, tok, cfg.output)
+        out = save_player(model, tok, cfg.output, state_dict=weights)
         write_json(out / "train_metrics.json", metrics)
         log.info("saved the RM to %s: %s", out, metrics)
     return metrics
