@@ -1,11 +1,11 @@
-"""Entry point: `apo-train [hydra overrides]` composes `configs/train.yaml` and plays one game."""
+"""Entry point: `apo-train [hydra overrides]` composes the packaged `train.yaml` and plays one game."""
 
 from __future__ import annotations
 
 import logging
 import math
 import warnings
-from pathlib import Path
+from importlib.resources import files
 
 import hydra
 import lightning as L
@@ -17,8 +17,14 @@ from apo.game import GameLoop
 
 log = logging.getLogger(__name__)
 
-#: `configs/` at the top of the project (the package is installed in editable mode)
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+#: the package that holds the shipped configs (the project's top-level `configs/`, mapped to
+#: `apo.configs` in pyproject.toml): found the same way in an editable install and in a wheel
+CONFIG_MODULE = "apo.configs"
+#: how every command's `@hydra.main` finds them; a user's own directory joins with
+#: `--config-dir <dir>` or `hydra.searchpath=[file://<dir>]`
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+#: the same configs as a directory on disk, for tools that read one YAML file directly
+CONFIG_DIR = str(files(CONFIG_MODULE))
 
 
 def quiet_libraries() -> None:
@@ -51,7 +57,7 @@ def train(cfg: DictConfig) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 

@@ -13,7 +13,7 @@ from apo.data.adapters import write_samples
 from apo.game.plan import sampling_spec
 from apo.modules.policy import PolicyModule
 from apo.steps.common import datamodule, load_policy, make_trainer, read_queries
-from apo.train import CONFIG_DIR, quiet_libraries
+from apo.train import CONFIG_PATH, quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def generate(cfg: DictConfig) -> list[dict]:
     return records
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="generate")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     generate(cfg)

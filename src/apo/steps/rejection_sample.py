@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from apo.data.adapters import write_golden, write_samples
 from apo.steps.common import read_sample_sets
-from apo.train import CONFIG_DIR
+from apo.train import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def rejection_sample(cfg: DictConfig) -> list[dict]:
     return records
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="rejection_sample")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="rejection_sample")
 def main(cfg: DictConfig) -> None:
     rejection_sample(cfg)
 

@@ -22,7 +22,7 @@ from apo.steps.common import (
     model_dir,
     read_sample_sets,
 )
-from apo.train import CONFIG_DIR, quiet_libraries
+from apo.train import CONFIG_PATH, quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def score(cfg: DictConfig) -> list[ListwiseItem]:
     return scored
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="score")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     score(cfg)

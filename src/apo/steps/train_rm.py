@@ -31,7 +31,7 @@ from apo.steps.common import (
     model_dir,
     read_sample_sets,
 )
-from apo.train import CONFIG_DIR, quiet_libraries
+from apo.train import CONFIG_PATH, quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def train_rm(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train_rm")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train_rm")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     train_rm(cfg)
