@@ -1,4 +1,8 @@
-"""Entry point: `apo-train [hydra overrides]` composes the packaged `train.yaml` and plays one game."""
+"""Entry point: `apo-train [hydra overrides]` composes the packaged `train.yaml` and plays one game.
+
+Importing this module is cheap on purpose: `apo-train --help`, `--cfg job` and every TAB
+completion import it and need none of torch, Lightning or transformers, which take seconds to
+import; they are imported when a game is played (`train`)."""
 
 from __future__ import annotations
 
@@ -8,12 +12,9 @@ import warnings
 from importlib.resources import files
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig
-from transformers.utils import logging as hf_logging
 
 from apo.cluster import adopt_submitit_local_tasks
-from apo.game import GameLoop
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ CONFIG_DIR = str(files(CONFIG_MODULE))
 
 def quiet_libraries() -> None:
     """Every round builds several Trainers; their banners and progress bars drown the game's log."""
+    from transformers.utils import logging as hf_logging
+
     for name in (
         "lightning.pytorch.utilities.rank_zero",
         "lightning.fabric.utilities.rank_zero",
@@ -49,6 +52,10 @@ def quiet_libraries() -> None:
 
 def train(cfg: DictConfig) -> float | None:
     """Play the game `cfg` describes; return the metric a sweeper optimises (last round's)."""
+    import lightning as L
+
+    from apo.game import GameLoop
+
     quiet_libraries()
     adopt_submitit_local_tasks()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
