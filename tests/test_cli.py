@@ -61,6 +61,13 @@ def test_help_says_what_it_does_and_lists_every_group():
     assert "README.md" in text
 
 
+def test_help_lists_the_options_of_a_users_config_dir():
+    proc = apo_train("--config-dir", "examples/configs", "--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "task: reverse, sort" in proc.stdout
+    assert re.search(r"^experiment: .*reverse_tiny", proc.stdout, flags=re.MULTILINE)
+
+
 @pytest.mark.parametrize("name", sorted(STEPS))
 def test_step_help_shows_its_own_options_only(name: str):
     proc = command(name, "--help")
