@@ -90,10 +90,11 @@ def test_tab_completion_offers_the_options_of_a_group():
 
 
 def test_the_command_line_imports_no_heavy_library_before_a_game():
-    """What `--help`, `--cfg job` and TAB completion import: every entry point's module and the
-    package, with none of the libraries that take seconds to load."""
+    """What `--help`, `--cfg job` and TAB completion import: every entry point's module, the
+    package and the Python API, with none of the libraries that take seconds to load."""
     modules = [
         "apo",
+        "apo.api",
         "apo.cluster",
         "apo.config",
         "apo.train",
@@ -102,9 +103,7 @@ def test_the_command_line_imports_no_heavy_library_before_a_game():
         "apo.steps.rejection_sample",
         "apo.steps.train_rm",
     ]
-    code = (
-        f"import sys, {', '.join(modules)}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    code = f"import sys, {', '.join(modules)}; from apo import play; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "[]"

@@ -2,7 +2,7 @@
 
 Importing this module is cheap on purpose: `apo-train --help`, `--cfg job` and every TAB
 completion import it and need none of torch, Lightning or transformers, which take seconds to
-import; they are imported when a game is played (`train`)."""
+import; they are imported when a game is played (`run_game`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import logging
 import math
 import warnings
 from importlib.resources import files
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -50,8 +51,8 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Play the game `cfg` describes; return the metric a sweeper optimises (last round's)."""
+def run_game(cfg: DictConfig) -> dict[str, Any]:
+    """Play the game `cfg` describes; return its summary rounds and their table."""
     import lightning as L
 
     from apo.game import GameLoop
@@ -59,7 +60,12 @@ def train(cfg: DictConfig) -> float | None:
     quiet_libraries()
     adopt_submitit_local_tasks()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    result = GameLoop(cfg).run()
+    return GameLoop(cfg).run()
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Play the game `cfg` describes; return the metric a sweeper optimises (last round's)."""
+    result = run_game(cfg)
     value = result["rounds"][-1].get(cfg.get("optimized_metric"))
     return None if value is None or not math.isfinite(value) else float(value)
 
