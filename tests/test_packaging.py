@@ -118,7 +118,7 @@ def test_the_wheel_plays_a_game_outside_the_checkout(wheel: Path, tmp_path: Path
         [
             str(python),
             "-c",
-            "import apo.configs, sys; print(apo.configs.__file__); "
+            "import apo, apo.configs, sys; print(apo.__file__); print(apo.configs.__file__); "
             "print(sorted(m for m in sys.modules if 'editable' in m))",
         ],
         cwd=elsewhere,
@@ -127,19 +127,21 @@ def test_the_wheel_plays_a_game_outside_the_checkout(wheel: Path, tmp_path: Path
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert Path(where[0]).is_relative_to(venv), where
-    assert not Path(where[0]).is_relative_to(ROOT), where
-    assert where[1] == "[]", "the editable install's finder was loaded"
+    for path in where[:2]:
+        assert Path(path).is_relative_to(venv) and not Path(path).is_relative_to(ROOT), where
+    assert where[2] == "[]", "the editable install's finder was loaded"
 
-    helped = subprocess.run(
-        [str(venv / "bin" / "apo-generate"), "--help"],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert helped.returncode == 0 and "num_samples:" in helped.stdout, helped.stderr[-3000:]
+    for exe, first in (("apo-train", "apo-train: play"), ("apo-generate", "apo-generate: ")):
+        helped = subprocess.run(
+            [str(venv / "bin" / exe), "--help"],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert helped.returncode == 0, helped.stderr[-3000:]
+        assert helped.stdout.startswith(first), helped.stdout[:500]
 
     run = tmp_path / "run"
     t0 = time.perf_counter()
