@@ -14,14 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import open_dict
 
-from apo.train import CONFIG_DIR, train
+from apo.train import CONFIG_MODULE, train
 
 
 def main(overrides: list[str]) -> None:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     run = Path(tempfile.mkdtemp(prefix="apo-bench-"))
     with open_dict(cfg):

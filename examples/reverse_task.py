@@ -1,6 +1,7 @@
-"""A complete user-defined task: reverse a word. Plug it in without editing the package:
+"""A complete user-defined task: reverse a word. Plug it in without editing the package, with its
+config `configs/task/reverse.yaml` beside this file (run from the project directory):
 
-apo-train task._target_=reverse_task.ReverseTask +task.max_len=6   (with examples/ on PYTHONPATH)
+    PYTHONPATH=examples apo-train --config-dir examples/configs task=reverse experiment=tiny
 """
 
 from __future__ import annotations

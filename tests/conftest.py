@@ -1,4 +1,5 @@
-"""Shared fixtures: configs composed from the real `configs/` tree, shrunk per test."""
+"""Shared fixtures: configs composed from the packaged configs (`apo.configs`, the project's
+`configs/` tree), shrunk per test."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from apo.train import CONFIG_DIR
+from apo.train import CONFIG_DIR, CONFIG_MODULE
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the shared real data sets, by default beside the project; APO_DATA_DIR moves them
@@ -20,11 +21,12 @@ DATA_DIR = Path(os.environ.get("APO_DATA_DIR", ROOT.parent / "shared" / "data"))
 def compose_cfg(
     overrides: list[str] | None = None, run_dir: Path | None = None, hydra_config: bool = False
 ) -> DictConfig:
-    """Compose `configs/train.yaml` as `apo-train` would, with `run_dir` set directly.
+    """Compose the packaged `train.yaml` as `apo-train` would (through the package, as an
+    installed wheel finds it), with `run_dir` set directly.
 
     `hydra_config=True` also composes the `hydra` node and installs it, so `${hydra:...}`
     interpolations resolve as in a real run."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         cfg = compose(
             config_name="train", overrides=list(overrides or []), return_hydra_config=hydra_config
         )

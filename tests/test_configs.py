@@ -15,7 +15,7 @@ from tests.conftest import compose_cfg
 GROUPS = {
     p.name: sorted(f.stem for f in p.glob("*.yaml"))
     for p in Path(CONFIG_DIR).iterdir()
-    if p.is_dir() and p.name != "hydra"
+    if p.is_dir() and p.name not in ("hydra", "__pycache__")
 }
 #: groups mounted at another package in train.yaml
 MOUNT = {"backbone": "backbone@policy.backbone"}

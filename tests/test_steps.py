@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from apo.data.adapters import DataFormatError, load_comparisons, load_golden, load_samples
@@ -25,7 +25,7 @@ from apo.steps.generate import generate
 from apo.steps.rejection_sample import rejection_sample
 from apo.steps.score import score
 from apo.steps.train_rm import train_rm
-from apo.train import CONFIG_DIR
+from apo.train import CONFIG_MODULE
 from tests.conftest import compose_cfg
 
 QUESTIONS = [f"\n\nHuman: what is {a} plus {b}?\n\nAssistant:" for a in range(6) for b in range(4)]
@@ -40,7 +40,7 @@ TINY_RM = [
 
 
 def step_cfg(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return compose(config_name=name, overrides=overrides)
 
 

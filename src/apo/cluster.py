@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
 #: the port of a local job's process group lies in [BASE_PORT, BASE_PORT + PORT_RANGE)
 BASE_PORT, PORT_RANGE = 20000, 20000
 
@@ -37,6 +35,9 @@ def adopt_submitit_local_tasks(environ: os._Environ | dict[str, str] = os.enviro
         MASTER_PORT=str(BASE_PORT + job_id % PORT_RANGE),
     )
     if environ is os.environ:
-        # Lightning read the rank from the environment when it was imported, before this
+        # Lightning read the rank from the environment if it was imported before this (it is
+        # imported here, not at the top, so that `apo-train --help` does not load it)
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
         rank_zero_only.rank = int(environ["LOCAL_RANK"])
     return True

@@ -1,28 +1,38 @@
-"""Entry point: `apo-train [hydra overrides]` composes `configs/train.yaml` and plays one game."""
+"""Entry point: `apo-train [hydra overrides]` composes the packaged `train.yaml` and plays one game.
+
+Importing this module is cheap on purpose: `apo-train --help`, `--cfg job` and every TAB
+completion import it and need none of torch, Lightning or transformers, which take seconds to
+import; they are imported when a game is played (`run_game`)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import warnings
-from pathlib import Path
+from importlib.resources import files
+from typing import Any
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig
-from transformers.utils import logging as hf_logging
 
 from apo.cluster import adopt_submitit_local_tasks
-from apo.game import GameLoop
 
 log = logging.getLogger(__name__)
 
-#: `configs/` at the top of the project (the package is installed in editable mode)
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+#: the package that holds the shipped configs (the project's top-level `configs/`, mapped to
+#: `apo.configs` in pyproject.toml): found the same way in an editable install and in a wheel
+CONFIG_MODULE = "apo.configs"
+#: how every command's `@hydra.main` finds them; a user's own directory joins with
+#: `--config-dir <dir>` or `hydra.searchpath=[file://<dir>]`
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+#: the same configs as a directory on disk, for tools that read one YAML file directly
+CONFIG_DIR = str(files(CONFIG_MODULE))
 
 
 def quiet_libraries() -> None:
     """Every round builds several Trainers; their banners and progress bars drown the game's log."""
+    from transformers.utils import logging as hf_logging
+
     for name in (
         "lightning.pytorch.utilities.rank_zero",
         "lightning.fabric.utilities.rank_zero",
@@ -41,23 +51,31 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Play the game `cfg` describes; return the metric a sweeper optimises (last round's).
+def run_game(cfg: DictConfig) -> dict[str, Any]:
+    """Play the game `cfg` describes; return its summary rounds and their table.
 
     The config is validated first (`apo.validation`): a bad value stops here, before any file
     is written (an empty run dir Hydra made for it is removed again)."""
+    import lightning as L
+
+    from apo.game import GameLoop
     from apo.validation import validated_or_clean
 
     validated_or_clean(cfg)
     quiet_libraries()
     adopt_submitit_local_tasks()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    result = GameLoop(cfg).run()
+    return GameLoop(cfg).run()
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Play the game `cfg` describes; return the metric a sweeper optimises (last round's)."""
+    result = run_game(cfg)
     value = result["rounds"][-1].get(cfg.get("optimized_metric"))
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 

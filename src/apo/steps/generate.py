@@ -6,14 +6,9 @@ from __future__ import annotations
 import logging
 
 import hydra
-import lightning as L
 from omegaconf import DictConfig
 
-from apo.data.adapters import write_samples
-from apo.game.plan import sampling_spec
-from apo.modules.policy import PolicyModule
-from apo.steps.common import datamodule, load_policy, make_trainer, read_queries
-from apo.train import CONFIG_DIR, quiet_libraries
+from apo.train import CONFIG_PATH, quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +16,14 @@ log = logging.getLogger(__name__)
 def generate(cfg: DictConfig) -> list[dict]:
     """Sample `num_samples` responses per query; an empty response is drawn again (up to
     `max_retries` times), since the samples format holds no empty sample."""
+    # imported here: `apo-generate --help` must not wait for torch and Lightning
+    import lightning as L
+
+    from apo.data.adapters import write_samples
+    from apo.game.plan import sampling_spec
+    from apo.modules.policy import PolicyModule
+    from apo.steps.common import datamodule, load_policy, make_trainer, read_queries
+
     if int(cfg.num_samples) < 1:
         raise ValueError(f"num_samples must be at least 1, got {cfg.num_samples}")
     L.seed_everything(cfg.seed, verbose=False)
@@ -54,7 +57,7 @@ def generate(cfg: DictConfig) -> list[dict]:
     return records
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="generate")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="generate")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     generate(cfg)

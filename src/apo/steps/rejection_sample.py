@@ -9,14 +9,16 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from apo.data.adapters import write_golden, write_samples
-from apo.steps.common import read_sample_sets
-from apo.train import CONFIG_DIR
+from apo.train import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 
 
 def rejection_sample(cfg: DictConfig) -> list[dict]:
+    # imported here: `apo-rejection-sample --help` must not wait for torch and Lightning
+    from apo.data.adapters import write_golden, write_samples
+    from apo.steps.common import read_sample_sets
+
     n = int(cfg.top_n)
     if n < 1:
         raise ValueError(f"top_n must be at least 1, got {n}")
@@ -35,7 +37,7 @@ def rejection_sample(cfg: DictConfig) -> list[dict]:
     return records
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="rejection_sample")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="rejection_sample")
 def main(cfg: DictConfig) -> None:
     rejection_sample(cfg)
 

@@ -6,29 +6,35 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 from omegaconf import DictConfig
 
-from apo.data.adapters import DataFormatError, write_comparisons
-from apo.data.game_data import ListwiseItem
-from apo.distributed import predict_gathered
-from apo.game.players import reward_module
-from apo.steps.common import (
-    check_lengths,
-    datamodule,
-    load_tokenizer,
-    make_trainer,
-    model_dir,
-    read_sample_sets,
-)
-from apo.train import CONFIG_DIR, quiet_libraries
+from apo.train import CONFIG_PATH, quiet_libraries
+
+if TYPE_CHECKING:
+    from apo.data.game_data import ListwiseItem
 
 log = logging.getLogger(__name__)
 
 
 def score(cfg: DictConfig) -> list[ListwiseItem]:
+    # imported here: `apo-score --help` must not wait for torch and Lightning
     from transformers import AutoModelForSequenceClassification
+
+    from apo.data.adapters import DataFormatError, write_comparisons
+    from apo.data.game_data import ListwiseItem
+    from apo.distributed import predict_gathered
+    from apo.game.players import reward_module
+    from apo.steps.common import (
+        check_lengths,
+        datamodule,
+        load_tokenizer,
+        make_trainer,
+        model_dir,
+        read_sample_sets,
+    )
 
     path = Path(cfg.samples)
     sets = read_sample_sets(path)
@@ -58,7 +64,7 @@ def score(cfg: DictConfig) -> list[ListwiseItem]:
     return scored
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="score")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="score")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     score(cfg)

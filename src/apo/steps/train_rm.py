@@ -10,28 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import hydra
-import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from apo.config import plain
-from apo.data.adapters import load_golden
-from apo.data.game_data import GameData, ListwiseItem
-from apo.distributed import full_state_dict, is_global_zero, predict_gathered
-from apo.export import save_player
-from apo.game.plan import rm_objective
-from apo.game.players import reward_module
-from apo.metrics import pairwise_agreement
-from apo.records import write_json
-from apo.steps.common import (
-    check_lengths,
-    datamodule,
-    load_tokenizer,
-    make_trainer,
-    model_dir,
-    read_sample_sets,
-)
-from apo.train import CONFIG_DIR, quiet_libraries
+from apo.train import CONFIG_PATH, quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +25,9 @@ def _apo_sets(cfg: DictConfig) -> tuple[dict[str, str], list]:
         )
     if not cfg.golden:
         return {}, []
+    from apo.data.adapters import load_golden
+    from apo.steps.common import read_sample_sets
+
     golden = load_golden(cfg.golden)
     sets = read_sample_sets(cfg.samples)
     out = {}
@@ -57,10 +41,29 @@ def _apo_sets(cfg: DictConfig) -> tuple[dict[str, str], list]:
 
 
 def train_rm(cfg: DictConfig) -> dict[str, float]:
+    # imported here: `apo-train-rm --help` must not wait for torch and Lightning
+    import lightning as L
+    from hydra.utils import instantiate
     from transformers import AutoModelForSequenceClassification
 
+    from apo.config import plain
+    from apo.data.game_data import GameData, ListwiseItem
     from apo.data.text_tokenizer import train_bpe_tokenizer
+    from apo.distributed import full_state_dict, is_global_zero, predict_gathered
+    from apo.export import save_player
+    from apo.game.plan import rm_objective
+    from apo.game.players import reward_module
+    from apo.metrics import pairwise_agreement
     from apo.modules.backbones import build_sequence_classifier
+    from apo.records import write_json
+    from apo.steps.common import (
+        check_lengths,
+        datamodule,
+        load_tokenizer,
+        make_trainer,
+        model_dir,
+        read_sample_sets,
+    )
 
     L.seed_everything(cfg.seed, verbose=False)
     human_sets = read_sample_sets(cfg.comparisons, need_scores=True)
@@ -139,7 +142,7 @@ def train_rm(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train_rm")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train_rm")
 def main(cfg: DictConfig) -> None:
     quiet_libraries()
     train_rm(cfg)
