@@ -37,8 +37,13 @@ def save_player(
     # never leaves a half-written checkpoint
     tmp, old = d.with_name(f".{d.name}.tmp"), d.with_name(f".{d.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), state_dict=state_dict)
-    tokenizer.save_pretrained(str(tmp))
+    try:
+        model.save_pretrained(str(tmp), state_dict=state_dict)
+        tokenizer.save_pretrained(str(tmp))
+    except OSError as e:
+        # e.g. a full disk: nothing half-written is left, and the message says where
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(e.errno, f"{d}: cannot write the checkpoint ({e.strerror or e})") from e
     if d.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(d, old)

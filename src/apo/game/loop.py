@@ -14,7 +14,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from apo import checkpoint
-from apo.data.sources import build_game_data, build_tokenizer, check_lengths, has_oracle
+from apo.data.budgets import check_budgets, check_unknown_tokens
+from apo.data.sources import build_game_data, build_tokenizer, has_oracle
 from apo.distributed import full_state_dict, gather_objects, is_global_zero
 from apo.game.evaluation import Evaluator
 from apo.game.outputs import RoundWriter, write_run_config
@@ -44,11 +45,15 @@ class GameLoop:
         self.task = instantiate(cfg.task)
         data = build_game_data(cfg, self.task)
         task_tokenizer = build_tokenizer(cfg, self.task, data)
-        if not has_oracle(cfg):
-            check_lengths(data, task_tokenizer, cfg.data)
         self.plan = build_plan(cfg)
         self.players = build_players(cfg, task_tokenizer)
         self.dm = build_datamodule(cfg, data, self.players)
+        # every text against its token budget, before anything runs (nothing is cut silently)
+        where = data.meta.get("file") or f"task {type(self.task).__name__}"
+        if has_oracle(cfg) and cfg.policy.model_name_or_path is None:
+            check_unknown_tokens(self.dm, where)
+        new = int(cfg.policy.generation.max_new_tokens)
+        data.meta.update(check_budgets(self.dm, new, str(cfg.data.overlength), where))
         self.logger = GameTensorBoardLogger(
             str(self.run_dir), flush_secs=cfg.tensorboard_flush_secs
         )
