@@ -262,7 +262,7 @@ def test_texts_over_their_budgets_error_skip_or_count(tmp_path):
         assert rm.prompt_length(it.prompt) <= 160
         p = loop.dm.prompt_ids(it.prompt, "rm")
         assert all(len(p) + len(rm.response(r)) <= 256 for r in it.responses)
-    for p, r in data.sft:
+    for _, r in data.sft:
         assert len(enc.response(r)) <= 96
     kept = GameLoop(compose_cfg(["data=hh_rlhf", *TINY, *wide], run)).dm.data
     assert len(kept.human_train) > len(data.human_train)  # truncate keeps them, counted

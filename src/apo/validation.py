@@ -46,7 +46,8 @@ class Guard(_Node):
 
 
 class Game(_Node):
-    rounds: int = Field(ge=1)
+    # 0 = the warm start and its evaluation only (final/ holds the warm-started players)
+    rounds: int = Field(ge=0)
     samples_per_prompt: int = Field(ge=1)
     apo_coeff: float = NonNeg
     apo_loss: Literal["ranking", "diff"]
@@ -222,6 +223,7 @@ def _raise(err: ValidationError, tree: Any, prefix: str = "") -> None:
     for e in err.errors():
         key, value = _key_and_value(tree, e["loc"], e["type"] == "missing")
         msg = {"extra_forbidden": "unknown key", "missing": "missing"}.get(e["type"], e["msg"])
+        msg = msg.removeprefix("Value error, ")
         lines.setdefault(prefix + key, f"{prefix + key}={value!r}: {msg}")
     raise ConfigError("invalid config: " + "; ".join(lines.values())) from None
 

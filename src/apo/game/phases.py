@@ -121,6 +121,8 @@ def evaluate(game: GameLoop, r: int) -> None:
     state.summary.append(m)
     state.prev_judge = ev.judge_by_prompt
     summary = {"rounds": state.summary, "data": {**game.dm.data.meta, **state.judge_info}}
+    if state.config_changes:
+        summary["config_changes"] = state.config_changes
     final = r == int(game.cfg.game.rounds)
     game.writer.write_round(r, ev, state.samples, game.players, final, summary)
     # after the round's files, so the numbers that tripped a guard are there to read
