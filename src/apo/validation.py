@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -45,12 +45,22 @@ class Guard(_Node):
     action: Literal["warn", "stop"]
 
 
+NonNegFloat = Annotated[float, Field(ge=0)]
+PosFloat_ = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
 class Game(_Node):
     # 0 = the warm start and its evaluation only (final/ holds the warm-started players)
     rounds: int = Field(ge=0)
     samples_per_prompt: int = Field(ge=1)
-    apo_coeff: float = NonNeg
+    #: one value, or a per-round schedule (checked against `rounds` below)
+    apo_coeff: NonNegFloat | list[NonNegFloat]
     apo_loss: Literal["ranking", "diff"]
+    apo_weighting: Literal["reference", "per_part"]
+    rm_init: Literal["base", "continue"]
+    apo_history: Literal["round", "all"] | Annotated[int, Field(ge=1)]
+    reference: Literal["fixed", "round"]
     rm_kl_coeff: float = NonNeg
     eval_samples_per_prompt: int = Field(ge=1)
     save_weights: bool
@@ -155,8 +165,8 @@ class Strategy(_Open):
 class Objective(_Node):
     name: str
     loss: dict[str, Any]
-    lr: float | None = Field(gt=0)
-    mixture: float = Field(ge=0, le=1)
+    lr: PosFloat_ | None | list[PosFloat_ | None]
+    mixture: Fraction | list[Fraction]
 
 
 class Train(_Open):
@@ -252,9 +262,10 @@ def _cross_checks(c: dict[str, Any]) -> None:
             f"game.samples_per_prompt={k}: objective={o['name']} learns from pairs of a prompt's "
             "samples, so it needs at least 2"
         )
-    if o["name"] == "rjs" and o["loss"].get("top_n", 1) > k:
+    top_n = o["loss"].get("top_n", 1) if o["name"] == "rjs" else 1
+    if max(top_n if isinstance(top_n, list) else [top_n], default=1) > k:
         raise ConfigError(
-            f"objective.loss.top_n={o['loss']['top_n']}: more than the {k} samples per prompt "
+            f"objective.loss.top_n={top_n}: more than the {k} samples per prompt "
             "(game.samples_per_prompt)"
         )
     new = policy["generation"]["max_new_tokens"]
@@ -283,6 +294,21 @@ def _cross_checks(c: dict[str, Any]) -> None:
                 f"{key}.devices={s['devices']}: strategy auto runs one process; pick ddp, fsdp "
                 "or a deepspeed strategy for several"
             )
+
+
+def _check_schedules(c: dict[str, Any]) -> None:
+    """Every per-round schedule has one value per round (`apo.game.plan.per_round`)."""
+    from apo.game.plan import per_round
+
+    rounds = c["game"]["rounds"]
+    keys = {"game.apo_coeff": c["game"]["apo_coeff"], "objective.lr": c["objective"]["lr"]}
+    keys["objective.mixture"] = c["objective"]["mixture"]
+    keys |= {f"objective.loss.{k}": v for k, v in c["objective"]["loss"].items()}
+    for key, value in keys.items():
+        try:
+            per_round(value, rounds, key)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_trainer_args(c: dict[str, Any]) -> None:
@@ -329,10 +355,15 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     name = tree["objective"]["name"]
     if name not in OBJECTIVE_OPTIONS or name not in POLICY_OBJECTIVES:
         raise ConfigError(f"objective.name={name!r}: unknown; known: {sorted(OBJECTIVE_OPTIONS)}")
-    try:
-        OBJECTIVE_OPTIONS[name].model_validate(tree["objective"]["loss"])
-    except ValidationError as e:
-        _raise(e, tree["objective"]["loss"], prefix="objective.loss.")
+    _check_schedules(tree)
+    rounds, loss = tree["game"]["rounds"], tree["objective"]["loss"]
+    for r in range(max(rounds, 1)):
+        # each round's options (a per-round schedule gives each round its own)
+        options = {k: v[r] if isinstance(v, list) and rounds else v for k, v in loss.items()}
+        try:
+            OBJECTIVE_OPTIONS[name].model_validate(options)
+        except ValidationError as e:
+            _raise(e, options, prefix="objective.loss.")
     _cross_checks(tree)
     _check_trainer_args(tree)
     return tree

@@ -17,6 +17,7 @@ from apo import checkpoint
 from apo.data.budgets import check_budgets, check_unknown_tokens
 from apo.data.sources import build_game_data, build_tokenizer, has_oracle
 from apo.distributed import full_state_dict, gather_objects, is_global_zero
+from apo.game import human_pairs
 from apo.game.evaluation import Evaluator
 from apo.game.outputs import RoundWriter, write_run_config
 from apo.game.phases import PHASES, START_PHASES, Phase
@@ -183,7 +184,7 @@ class GameLoop:
         rng = [g[0] for g in gathered]
         stop = next((g[1] for g in gathered if g[1] is not None), None)
         models = self.players.models()
-        weights = {n: full_state_dict(models[n]) for n in phase.changes}
+        weights = {n: full_state_dict(models[n]) for n in phase.changes if models[n] is not None}
         if not is_global_zero():
             return stop
         record = {
@@ -251,6 +252,11 @@ class GameLoop:
         players.rm.load_state_dict(w["rm"])
         players.snapshot_reference()
         players.ref.load_state_dict(w["ref"])
+        if "rm_base" in w:
+            players.snapshot_rm_base()
+            players.rm_base.load_state_dict(w["rm_base"])
+        if self.state.human_pairs is not None:
+            human_pairs.apply(self, self.state.human_pairs)
         if prepared and self.judge.needs_prepare:
             self.judge.prepare()
         checkpoint.restore_rng_states(saved["rng"])
