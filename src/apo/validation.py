@@ -40,8 +40,10 @@ NonNeg = Field(ge=0)
 
 
 class Guard(_Node):
-    max_kl: float | None = Field(default=None, gt=0)
-    min_entropy: float | None = Field(default=None, ge=0)
+    max_kl: float | None = Field(gt=0)
+    min_entropy: float | None = Field(ge=0)
+    min_warm_start: float | None = Field(ge=0)
+    min_onpolicy_acc: float | None = Field(ge=0, le=1)
     action: Literal["warn", "stop"]
 
 
@@ -83,7 +85,8 @@ class Game(_Node):
 
 
 class Generation(_Node):
-    max_new_tokens: int = Field(ge=1)
+    # null = sized from the data (apo.data.sizing)
+    max_new_tokens: int | None = Field(ge=1)
     temperature: float = PosFloat
     top_k: int = NonNeg
     top_p: float = Field(gt=0, le=1)
@@ -134,8 +137,9 @@ class RM(Player):
 class Data(_Open):
     source: str
     sizes: dict[str, int | None]
-    max_prompt_len: int = Field(ge=2)
-    max_len: int = Field(ge=3)
+    # null = sized from the data (apo.data.sizing)
+    max_prompt_len: int | None = Field(ge=2)
+    max_len: int | None = Field(ge=3)
     predict_batch_size: int = Field(ge=1)
     overlength: Literal["truncate", "skip", "error"]
 
@@ -254,21 +258,12 @@ def _positions(player: str, node: dict[str, Any]) -> tuple[int | None, str]:
     return c.get("max_position_embeddings") or c.get("n_positions"), str(config)
 
 
-def _cross_checks(c: dict[str, Any]) -> None:
-    g, o, d, policy = c["game"], c["objective"], c["data"], c["policy"]
-    k = g["samples_per_prompt"]
-    if o["name"] in PAIRWISE and k < 2:
-        raise ConfigError(
-            f"game.samples_per_prompt={k}: objective={o['name']} learns from pairs of a prompt's "
-            "samples, so it needs at least 2"
-        )
-    top_n = o["loss"].get("top_n", 1) if o["name"] == "rjs" else 1
-    if max(top_n if isinstance(top_n, list) else [top_n], default=1) > k:
-        raise ConfigError(
-            f"objective.loss.top_n={top_n}: more than the {k} samples per prompt "
-            "(game.samples_per_prompt)"
-        )
-    new = policy["generation"]["max_new_tokens"]
+def check_sizes(c: dict[str, Any]) -> None:
+    """The token budgets against each other and the players' context lengths; budgets still
+    `null` (sized from the data once it exists, `apo.data.sizing`) are checked then."""
+    d, new = c["data"], c["policy"]["generation"]["max_new_tokens"]
+    if None in (d["max_prompt_len"], d["max_len"], new):
+        return
     if d["max_len"] < d["max_prompt_len"] + new:
         raise ConfigError(
             f"data.max_len={d['max_len']}: below data.max_prompt_len ({d['max_prompt_len']}) + "
@@ -284,6 +279,23 @@ def _cross_checks(c: dict[str, Any]) -> None:
                 f"({where}) has max_position_embeddings={limit}; lower data.max_len / "
                 "data.max_prompt_len / policy.generation.max_new_tokens or use a longer model"
             )
+
+
+def _cross_checks(c: dict[str, Any]) -> None:
+    g, o = c["game"], c["objective"]
+    k = g["samples_per_prompt"]
+    if o["name"] in PAIRWISE and k < 2:
+        raise ConfigError(
+            f"game.samples_per_prompt={k}: objective={o['name']} learns from pairs of a prompt's "
+            "samples, so it needs at least 2"
+        )
+    top_n = o["loss"].get("top_n", 1) if o["name"] == "rjs" else 1
+    if max(top_n if isinstance(top_n, list) else [top_n], default=1) > k:
+        raise ConfigError(
+            f"objective.loss.top_n={top_n}: more than the {k} samples per prompt "
+            "(game.samples_per_prompt)"
+        )
+    check_sizes(c)
     strategies = {"strategy": c["strategy"]}
     for key in ("rm_strategy", "policy_strategy"):
         if c.get(key):

@@ -3,6 +3,7 @@ pairs, judged by the game's judge. It returns numbers and records; it writes not
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,9 @@ class Evaluator:
         seed: the evaluation of round r samples from `seed * 10007 + 5000 + r`.
         calibration_bins: uniform bins of `sigmoid(r_i - r_j)` for ECE / ACE / MCE.
     """
+
+    #: demonstrations the judge scores at round 0 (a sample keeps a test RM's cost small)
+    DEMOS = 512
 
     def __init__(
         self,
@@ -115,6 +119,14 @@ class Evaluator:
             m[keys.exact_match] = mean([float(o == 1.0) for o in flat("judge")])
         if r > 0:
             m.update(self.sample_metrics(samples["policy"]))
+        else:  # the warm start's health: the SFT policy against its own demonstrations
+            demos = [
+                {"prompt": p, "texts": [d], "responses": [dm.enc.response(d)[:-1]]}
+                for p, d in data.sft[: self.DEMOS]
+            ]
+            demo = mean([s for row in self.judge.score(demos) for s in row])
+            m["game/demo_reward"] = demo
+            m["game/warm_start_ratio"] = m[keys.reward] / demo if demo > 0 else math.nan
         if keys.val_acc:
             judged = self.judge.score(
                 [{"prompt": it.prompt, "texts": it.responses} for it in data.human_val]

@@ -14,7 +14,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from apo import checkpoint
+from apo.config import plain
 from apo.data.budgets import check_budgets, check_unknown_tokens
+from apo.data.sizing import resolve_sizes
 from apo.data.sources import build_game_data, build_tokenizer, has_oracle
 from apo.distributed import full_state_dict, gather_objects, is_global_zero
 from apo.game import human_pairs
@@ -25,11 +27,12 @@ from apo.game.plan import build_plan
 from apo.game.players import build_datamodule, build_players
 from apo.game.state import GameState
 from apo.game.trainers import Trainers, timed
-from apo.guards import DivergenceError
+from apo.guards import GuardStop
 from apo.judges import build_judge
 from apo.logger import GameTensorBoardLogger
 from apo.preemption import Preempted, StopSignals
 from apo.records import format_table
+from apo.validation import check_sizes
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ class GameLoop:
         self.task = instantiate(cfg.task)
         data = build_game_data(cfg, self.task)
         task_tokenizer = build_tokenizer(cfg, self.task, data)
+        # budgets left null are sized from the data, then checked like set ones
+        resolve_sizes(cfg, data, task_tokenizer)
+        check_sizes({k: plain(cfg[k]) for k in ("data", "policy", "rm")})
         self.plan = build_plan(cfg)
         self.players = build_players(cfg, task_tokenizer)
         self.dm = build_datamodule(cfg, data, self.players)
@@ -112,7 +118,7 @@ class GameLoop:
                     self.play_timed(r, phase)
                 except SIGTERMException:
                     self.stop(signals.received or signal.SIGTERM, r, phase, finished=False)
-                except DivergenceError as e:
+                except GuardStop as e:
                     self.reject(e, r)
                     raise
                 t1 = time.perf_counter()
@@ -142,7 +148,7 @@ class GameLoop:
         else:
             phase.run(self, r)
 
-    def reject(self, error: DivergenceError, r: int) -> None:
+    def reject(self, error: GuardStop, r: int) -> None:
         """Say where the saved game stands after a divergence. When a guard rejects round `r`'s
         `error.rewind_before` phase (e.g. a policy fit that broke the policy's log-probs), the
         game state goes back to before it, so a resume plays that phase again."""

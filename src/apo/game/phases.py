@@ -20,7 +20,7 @@ from apo.config import plain
 from apo.distributed import full_state_dict, is_global_zero
 from apo.game import human_pairs
 from apo.game.trainers import timed
-from apo.guards import check_finite, check_limits
+from apo.guards import check_finite, check_health, check_limits
 from apo.losses.objectives import SFT
 
 if TYPE_CHECKING:
@@ -138,7 +138,10 @@ def evaluate(game: GameLoop, r: int) -> None:
     final = r == int(game.cfg.game.rounds)
     game.writer.write_round(r, ev, state.samples, game.players, final, summary)
     # after the round's files, so the numbers that tripped a guard are there to read
-    check_limits(m, plain(game.cfg.game.guard), r)
+    guard = plain(game.cfg.game.guard)
+    check_limits(m, guard, r)
+    if r == 0:
+        check_health(m, guard, game.judge.keys)
 
 
 # ---- a round ---------------------------------------------------------------------------------
