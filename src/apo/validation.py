@@ -207,8 +207,36 @@ _options("dpo", beta=(float, PosFloat), label_smoothing=(float, Field(ge=0, le=0
 _options("ipo", beta=(float, PosFloat), pairs=_pairs)
 _options("slic", delta=(float, NonNeg), reg_weight=(float, NonNeg), pairs=_pairs)
 _options("lipo", beta=(float, PosFloat))
-#: objectives that learn from preferences between a prompt's samples: K must be >= 2
-PAIRWISE = ("rrhf", "dpo", "ipo", "slic", "lipo")
+_kl = dict(beta=(float, NonNeg), kl_estimator=(Literal["k1", "k3"], ...))
+_options(
+    "rloo",
+    **_kl,
+    kl_in=(Literal["reward", "loss"], ...),
+    clip=(float | None, ...),
+    epochs=(int, Field(ge=1)),
+)
+_options(
+    "grpo",
+    **_kl,
+    kl_in=(Literal["reward", "loss"], ...),
+    clip=(float | None, ...),
+    epochs=(int, Field(ge=1)),
+    scale_std=(bool, ...),
+)
+_options(
+    "ppo",
+    **_kl,
+    clip=(float, PosFloat),
+    value_clip=(float | None, ...),
+    gamma=(float, Field(gt=0, le=1)),
+    lam=(float, Field(ge=0, le=1)),
+    vf_coeff=(float, NonNeg),
+    epochs=(int, Field(ge=1)),
+    minibatches=(int, Field(ge=1)),
+)
+#: objectives that learn from a prompt's several samples (pairs of them, or a group baseline):
+#: K must be >= 2
+PAIRWISE = ("rrhf", "dpo", "ipo", "slic", "lipo", "rloo", "grpo")
 
 
 # ---- checking ------------------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def score(game: GameLoop, r: int) -> None:
 
 
 def _needs_reference(game: GameLoop) -> bool:
-    return any(p.policy.needs_reference for p in game.plan.rounds)
+    return any(p.policy.needs_reference and not p.policy.online for p in game.plan.rounds)
 
 
 @phase("reference", enabled=_needs_reference)
@@ -236,16 +236,34 @@ def reference(game: GameLoop, r: int) -> None:
 def policy_fit(game: GameLoop, r: int) -> None:
     """Align the policy on its RM-scored samples with the round's objective."""
     plan, state = game.plan.round(r), game.state
+    if plan.policy.online:  # RLOO, GRPO, PPO: sample, score and update at every step
+        from apo.game.online import online_fit
+
+        module, loader = online_fit(game, r, plan)
+        try:
+            # manual optimisation clips its own gradients (Lightning refuses to)
+            _fit(game, r, "policy", "round", module, loader, {"gradient_clip_val": None})
+        finally:
+            game.players.rm.requires_grad_(True)
+        return
     selected = plan.policy.select(state.samples["policy"])
     module = game.players.policy_module(plan.policy, lr=plan.lr, log_prefix="policy/train")
     _fit(game, r, "policy", "round", module, game.dm.policy_loader(selected, state.ref_logps))
 
 
 # ---- shared by the fits ----------------------------------------------------------------------
-def _fit(game: GameLoop, r: int, player: str, stage: str, module: Any, loader: Any) -> None:
-    """Fit `player` in round `r` with a fresh `stage` Trainer; its steps and last metrics go
-    into the state."""
+def _fit(
+    game: GameLoop,
+    r: int,
+    player: str,
+    stage: str,
+    module: Any,
+    loader: Any,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Fit `player` in round `r` with a fresh `stage` Trainer (and `settings`); its steps and
+    last metrics go into the state."""
     state = game.state
-    result = game.trainers.fit(player, stage, module, loader, state.steps[player], r)
+    result = game.trainers.fit(player, stage, module, loader, state.steps[player], r, settings)
     state.steps[player] += result.steps
     state.last_fit[player] = result.metrics

@@ -83,6 +83,7 @@ class Trainers:
         loader: Any,
         step_offset: int,
         round_idx: int,
+        settings: dict[str, Any] | None = None,
     ) -> FitResult:
         """Fit `module` on `loader` with a fresh `stage` Trainer; its logged steps start at
         `step_offset`, so a player's steps continue across fits in TensorBoard. A non-finite
@@ -91,7 +92,7 @@ class Trainers:
 
         self.logger.step_offset = step_offset
         guard = FiniteGuard(player, round_idx, step_offset, module.log_prefix)
-        trainer = self.make(player, stage, callbacks=[guard])
+        trainer = self.make(player, stage, settings, callbacks=[guard])
         trainer.fit(module, train_dataloaders=loader)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]

@@ -8,6 +8,8 @@ contribute, so padding that holds -inf or NaN cannot leak into a loss or its gra
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 Stats = dict[str, torch.Tensor]
@@ -133,3 +135,97 @@ def clipped_value_loss(
         v_clip = old_values.detach() + torch.clamp(values - old_values.detach(), -clip, clip)
         err = torch.maximum(err, (v_clip - returns.detach()).square())
     return 0.5 * _masked_mean(err, mask)
+
+
+# ---- the online objectives: their options ----------------------------------------------------
+KL_PLACES = ("reward", "loss")
+
+
+def _check(name: str, beta: float, kl_estimator: str, kl_in: str, epochs: int) -> None:
+    if beta < 0:
+        raise ValueError(f"{name}: objective.loss.beta must be >= 0, got {beta}")
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"{name}: objective.loss.kl_estimator must be one of {KL_ESTIMATORS}")
+    if kl_in not in KL_PLACES:
+        raise ValueError(f"{name}: objective.loss.kl_in must be one of {KL_PLACES}, got {kl_in!r}")
+    if epochs < 1:
+        raise ValueError(f"{name}: objective.loss.epochs must be >= 1, got {epochs}")
+
+
+def rloo(
+    *, beta: float, kl_estimator: str, kl_in: str, clip: float | None, epochs: int
+) -> dict[str, Any]:
+    """RLOO (Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for
+    Learning from Human Feedback", Eq. 7-8): K samples per prompt from the current policy, each
+    rewarded `r = RM(x, y) - beta KL(pi || pi_ref)` (`kl_in: reward`; or the KL as a loss term,
+    `kl_in: loss`), advantages `r_i - mean_{j != i} r_j` (`rloo_advantages`), and the
+    REINFORCE gradient (`clip: null`) or the PPO-clip surrogate, `epochs` passes per batch."""
+    _check("rloo", beta, kl_estimator, kl_in, epochs)
+    return {
+        "advantage": "rloo",
+        "beta": beta,
+        "kl_estimator": kl_estimator,
+        "kl_in": kl_in,
+        "clip": clip,
+        "epochs": epochs,
+    }
+
+
+def grpo(
+    *,
+    beta: float,
+    kl_estimator: str,
+    kl_in: str,
+    clip: float | None,
+    epochs: int,
+    scale_std: bool,
+) -> dict[str, Any]:
+    """GRPO (Shao et al. 2024, "DeepSeekMath", Sec. 4.1, Eq. 3 and 4): group-normalised
+    advantages `(r_i - mean) / std` over a prompt's K samples (`scale_std: false` keeps only the
+    centring, as Dr. GRPO), the clipped ratio per token, several optimisation epochs per batch,
+    and the KL as a loss term (`kl_in: loss`, k3 estimator) as in the paper."""
+    _check("grpo", beta, kl_estimator, kl_in, epochs)
+    return {
+        "advantage": "group",
+        "beta": beta,
+        "kl_estimator": kl_estimator,
+        "kl_in": kl_in,
+        "clip": clip,
+        "epochs": epochs,
+        "scale_std": scale_std,
+    }
+
+
+def ppo(
+    *,
+    beta: float,
+    kl_estimator: str,
+    clip: float,
+    value_clip: float | None,
+    gamma: float,
+    lam: float,
+    vf_coeff: float,
+    epochs: int,
+    minibatches: int,
+) -> dict[str, Any]:
+    """PPO (Schulman et al. 2017, Eq. 7 and 9; Stiennon et al. 2020, "Learning to summarize
+    from human feedback", Sec. 3.4): per-token rewards `-beta KL_t` with the RM's score added at
+    the response's last token, a value model (a copy of the RM: its per-token scalar head) with
+    GAE(gamma, lambda) advantages, the clipped policy and value losses (`vf_coeff`), `epochs`
+    passes over `minibatches` per batch."""
+    _check("ppo", beta, kl_estimator, "reward", epochs)
+    if minibatches < 1 or not 0 <= lam <= 1 or not 0 < gamma <= 1 or vf_coeff < 0:
+        raise ValueError("ppo: need minibatches >= 1, 0 <= lam <= 1, 0 < gamma <= 1, vf_coeff >= 0")
+    return {
+        "advantage": "gae",
+        "beta": beta,
+        "kl_estimator": kl_estimator,
+        "kl_in": "reward",
+        "clip": clip,
+        "value_clip": value_clip,
+        "gamma": gamma,
+        "lam": lam,
+        "vf_coeff": vf_coeff,
+        "epochs": epochs,
+        "minibatches": minibatches,
+    }
