@@ -52,6 +52,12 @@ def test_one_round_per_online_objective(tmp_path: Path, objective: str, c_apo: f
         assert "policy/train/value_loss" in tags
     # no round files of reference log-probs: an online fit computes them itself
     assert "time/reference_s" not in rounds[1]
+    # apo-report draws the over-optimisation picture from the RL steps
+    from apo.report import build_report
+
+    _, text = build_report(run)
+    assert (run / "report" / "overoptimization.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Over-optimisation of the online RL fits" in text
 
 
 def _round_game(tmp_path: Path, objective: str) -> GameLoop:
