@@ -4,6 +4,7 @@ policy is updated on them against the frozen reference. One LightningModule for 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,8 @@ class OnlinePolicyModule(L.LightningModule):
         self.rm_batch, self.gold, self.decode = rm_batch, gold, decode
         self.eos, self.pad, self.seed = eos_token_id, pad_token_id, seed
         self.grad_clip, self.log_prefix = grad_clip, log_prefix
+        #: seconds of every step's parts: sampling, log-probs, scoring, update
+        self.split: dict[str, list[float]] = {"sample": [], "logps": [], "score": [], "update": []}
 
     def configure_model(self) -> None:
         roots = [self.model, self.ref_model, self.rm.model.base_model, self.rm.model.score]
@@ -104,6 +107,7 @@ class OnlinePolicyModule(L.LightningModule):
     def rollout(self, batch: dict) -> dict[str, Any]:
         """K samples per prompt, their sequences, old and reference log-probs, RM scores."""
         torch.manual_seed(self.seed * 1000 + self.global_step * 7 + self.global_rank)
+        t0 = time.perf_counter()
         responses = sample(
             self.model,
             batch["input_ids"],
@@ -123,14 +127,19 @@ class OnlinePolicyModule(L.LightningModule):
         for i, (p, s) in enumerate(zip(prompts, seqs)):
             loss_mask[i, len(p) : len(s)] = 1
         ids, att, loss_mask = (t.to(self.device) for t in (ids, att, loss_mask))
+        t1 = time.perf_counter()
         old, ent = token_logps(self.model, ids, att, loss_mask)
         ref, _ = token_logps(self.ref_model, ids, att, loss_mask)
+        t2 = time.perf_counter()
         texts = [p for p in batch["prompts"] for _ in range(self.k)]
         rmb = {
             k: v.to(self.device) if torch.is_tensor(v) else v
             for k, v in self.rm_batch(texts, flat).items()
         }
         scores = self.rm.listwise_rewards(rmb).reshape(-1)
+        self.split["sample"].append(t1 - t0)
+        self.split["logps"].append(t2 - t1)
+        self.split["score"].append(time.perf_counter() - t2)
         out = {
             "ids": ids,
             "att": att,
@@ -187,6 +196,7 @@ class OnlinePolicyModule(L.LightningModule):
         n = ro["ids"].shape[0]
         parts = torch.arange(n).chunk(rl.get("minibatches", 1))
         stats: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
         for _ in range(rl["epochs"]):
             for idx in parts:
                 lp, _ = token_logps(
@@ -211,6 +221,7 @@ class OnlinePolicyModule(L.LightningModule):
                     )
                 opt.step()
                 stats = {"loss": loss.detach(), **st}
+        self.split["update"].append(time.perf_counter() - t0)
         tokens = m.sum().clamp(min=1)
         logs = {
             **stats,
