@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from apo.losses.pairs import preference_pairs
+from apo.losses.pairs import chosen_rejected, preference_pairs
 
 
 def bradley_terry(
@@ -156,6 +156,9 @@ class RMObjective:
         loss_h = RM_LOSSES[self.human_loss](r_human, human_scores, human_mask, margin=self.margin)
         loss = self.kl_coeff * loss_h
         parts = {"loss_human": loss_h, "reward_mean": r_human[human_mask.bool()].mean().detach()}
+        # the human pairs' chosen / rejected rewards, as TRL's RewardTrainer names them
+        h_pairs = preference_pairs(human_scores, human_mask)
+        parts.update(chosen_rejected(r_human, h_pairs, human_mask.bool()))
         if self.centering_coeff:
             loss_c = reward_centering(r_human, human_mask)
             loss = loss + self.centering_coeff * loss_c
@@ -164,5 +167,9 @@ class RMObjective:
             loss_a = RM_LOSSES[self.apo_loss](r_apo, apo_scores, apo_mask, margin=self.margin)
             loss = loss + (self.apo_coeff / self.samples_per_prompt) * loss_a
             parts["loss_apo"] = loss_a
+            # golden answers (chosen) against the policy's samples (rejected)
+            a_pairs = preference_pairs(apo_scores, apo_mask)
+            stats = chosen_rejected(r_apo, a_pairs, apo_mask.bool())
+            parts.update({f"apo/{k}": v for k, v in stats.items()})
         parts["loss"] = loss
         return loss, parts
