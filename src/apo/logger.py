@@ -1,4 +1,5 @@
-"""One TensorBoard event stream for the whole game: step losses of every fit, metrics per round."""
+"""One TensorBoard event stream for the whole game: step metrics of every fit; metrics, histograms,
+images and texts per round; the HParams dashboard at the end; sweep jobs named by their overrides."""
 
 from __future__ import annotations
 
@@ -203,10 +204,11 @@ def game_hparams(cfg: Any, hydra: Any | None) -> dict[str, Any]:
         return {}
     mine = _leaves(OmegaConf.to_container(cfg, resolve=False))
     theirs = _leaves(OmegaConf.to_container(base, resolve=False))
+    missing = object()
     return {
         k: v
         for k, v in mine.items()
-        if k.split(".")[0] not in UNRECORDED and theirs.get(k, _leaves) != v
+        if k.split(".")[0] not in UNRECORDED and theirs.get(k, missing) != v
     }
 
 
