@@ -159,7 +159,8 @@ def hydra_job(run_dir: str | Path) -> Any | None:
     return hc
 
 
-#: keys that say where and how a game is watched, resumed or written, never what it plays
+#: keys (or their first part) that say where and how a game is watched, resumed, written or
+#: cached, never what it plays (configs/hydra/default.yaml leaves them out of sweep run names)
 UNRECORDED = (
     "run_dir",
     "hydra",
@@ -168,7 +169,12 @@ UNRECORDED = (
     "progress",
     "progress_every_s",
     "tensorboard_flush_secs",
+    "game.warm_start_cache",
 )
+
+
+def _recorded(key: str) -> bool:
+    return key not in UNRECORDED and key.split(".")[0].split("@")[0] not in UNRECORDED
 
 
 def _parse(value: str) -> Any:
@@ -189,7 +195,7 @@ def game_hparams(cfg: Any, hydra: Any | None) -> dict[str, Any]:
         for override in hydra.overrides.task:
             key, _, value = override.partition("=")
             key = key.lstrip("+~")
-            if key.split(".")[0].split("@")[0] not in UNRECORDED:
+            if _recorded(key):
                 out[key] = _parse(value)
         return out
     from hydra import compose, initialize_config_module
@@ -205,11 +211,7 @@ def game_hparams(cfg: Any, hydra: Any | None) -> dict[str, Any]:
     mine = _leaves(OmegaConf.to_container(cfg, resolve=False))
     theirs = _leaves(OmegaConf.to_container(base, resolve=False))
     missing = object()
-    return {
-        k: v
-        for k, v in mine.items()
-        if k.split(".")[0] not in UNRECORDED and theirs.get(k, missing) != v
-    }
+    return {k: v for k, v in mine.items() if _recorded(k) and theirs.get(k, missing) != v}
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:

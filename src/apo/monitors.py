@@ -43,8 +43,9 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class FitMonitor(L.Callback):
-    """Logs `<prefix>/lr` every step (what the optimizer steps with) and, on the logged steps,
-    `perf/<prefix>/tokens_per_s` (since the last logged step) and `perf/<prefix>/peak_memory_mb`.
+    """Logs, on the steps whose logs are written, `<prefix>/lr` (what the optimizer steps
+    with), `perf/<prefix>/tokens_per_s` (since the last logged step) and
+    `perf/<prefix>/peak_memory_mb`.
     The `perf/` prefix marks values that depend on the machine and its load, not on the game
     (a resumed game's TensorBoard equals the uninterrupted one's except there).
 
@@ -74,10 +75,10 @@ class FitMonitor(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if not logs_this_step(trainer):
+            return  # the logger would not write them: each `log` costs tens of microseconds
         log = lambda name, value: pl_module.log(name, value, on_step=True, on_epoch=False)  # noqa: E731
         log(f"{self.prefix}/lr", float(optimizer.param_groups[0]["lr"]))
-        if not logs_this_step(trainer):
-            return
         # the one host sync, on a step whose logged values Lightning converts anyway
         now, tokens = time.perf_counter(), float(self.tokens)
         rate = (tokens - self.tokens_logged) / max(now - self.t_logged, 1e-9)

@@ -116,7 +116,8 @@ class GameWatch:
         from apo.distributed import is_global_zero
 
         self.game, self.console = game, console
-        self.mode = resolve_mode(str(cfg.progress)) if is_global_zero() else "off"
+        self.rank_zero = is_global_zero()
+        self.mode = resolve_mode(str(cfg.progress)) if self.rank_zero else "off"
         self.every_s = cfg.progress_every_s
         self.view: Any = None
         #: the game's `(round, phase)` in order, and those this session plays
@@ -196,7 +197,7 @@ class GameWatch:
             yield
             stopped = False
         except KeyboardInterrupt:
-            if self.current is None:  # between phases: while the game state was saved
+            if self.failed is None and self.rank_zero:  # between phases: while saving
                 done = self.game.state.done
                 where = f"after round {done[0]} {done[1]}" if done else "before the first phase"
                 log.warning("interrupted by Ctrl-C %s", where)
@@ -216,6 +217,8 @@ class GameWatch:
         self.current, self.fits, self.interrupt = (r, phase.name), [], None
         self.last_round = r
         self.phase_t0 = time.perf_counter()
+        if self.view is not None:
+            self.view.live.refresh()  # a new phase shows at once, not at the next tick
         try:
             yield
         except BaseException as e:
@@ -237,8 +240,6 @@ class GameWatch:
         stands; a Ctrl-C is also noted in `state/progress.json`."""
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        from apo.distributed import is_global_zero
-
         seconds = time.perf_counter() - self.phase_t0
         ctrl_c = isinstance(e, KeyboardInterrupt) or (
             isinstance(e, SystemExit) and isinstance(self.interrupt, KeyboardInterrupt)
@@ -258,8 +259,10 @@ class GameWatch:
             else "no phase had finished, so there is no game state to resume"
         )
         self.failed = (r, name)
+        if not self.rank_zero:
+            return
         log.warning("round %d %s: %s after %.1f s%s; %s", r, name, what, seconds, at, saved)
-        if ctrl_c and is_global_zero():
+        if ctrl_c:
             self.game.store.mark_interrupted(r, name, "SIGINT")
 
     # ---- the plan and the end -----------------------------------------------------------------
@@ -283,10 +286,10 @@ class GameWatch:
         return max(per_round * len(left) - spent, 0.0)
 
     def write_hparams(self) -> None:
-        from apo.distributed import is_global_zero
+        """The HParams dashboard: the game's overrides against its final round metrics."""
         from apo.logger import game_hparams, hydra_job
 
-        if not is_global_zero():
+        if not self.rank_zero:
             return
         game = self.game
         last = game.state.summary[-1] if game.state.summary else {}

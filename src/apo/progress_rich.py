@@ -111,6 +111,12 @@ class RichView:
 
     # ---- drawing ------------------------------------------------------------------------------
     def render(self) -> Any:
+        try:
+            return self._render()
+        except Exception as e:  # drawn from rich's refresh thread: never let it end the view
+            return Text(f"(progress view: {type(e).__name__}: {e})", style="dim")
+
+    def _render(self) -> Any:
         w = self.watch
         game = w.game
         rounds = int(game.cfg.game.rounds)
