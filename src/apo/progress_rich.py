@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from apo.progress import duration
+from apo.records import format_table
 
 if TYPE_CHECKING:
     from apo.progress import GameWatch
@@ -30,7 +31,7 @@ class FitBar(RichProgressBar):
     Lightning's own bar reconfigures rich's global console and clears its live displays at
     every start, which would end the game view; this one starts its progress on the view's
     console instead, where rich (>= 14.1) nests it inside the view's live display, and leaves
-    redrawing to the view (4 times a second, whatever the step rate). Tied to Lightning 2.6's
+    redrawing to the view (twice a second, whatever the step rate). Tied to Lightning 2.6's
     `RichProgressBar` internals (`_init_progress`), which pyproject pins.
     """
 
@@ -81,12 +82,14 @@ class RichView:
         self.live = Live(
             get_renderable=self.render,
             console=self.console,
-            refresh_per_second=4,
+            # a frame costs ~2 ms of the training's CPU (the GIL): 2 a second are plenty
+            refresh_per_second=2,
             transient=False,
             redirect_stdout=True,
             redirect_stderr=True,
         )
         self._streams: list[tuple[logging.StreamHandler, Any]] = []
+        self._table: tuple[int, Text] = (-1, Text())
 
     def fit_bar(self) -> FitBar:
         return FitBar(self.console, self.watch)
@@ -160,19 +163,17 @@ class RichView:
             out.append("   ")
         return out
 
-    def rounds_table(self) -> Table:
-        game = self.watch.game
-        keys = list(game.judge.keys.table)
-        table = Table(box=None, padding=(0, 1), header_style="bold")
-        table.add_column("round", justify="right")
-        for k in keys:
-            table.add_column(k, justify="right")
-        for m in game.state.summary[-12:]:
-            table.add_row(
-                str(m.get("round", "")),
-                *(f"{m[k]:.4f}" if isinstance(m.get(k), float) else "" for k in keys),
-            )
-        return table
+    def rounds_table(self) -> Text:
+        """The rounds so far, as the game prints them at its end (plain text: a rich `Table`
+        costs milliseconds a frame); redone only when a round is added."""
+        summary = self.watch.game.state.summary
+        if self._table[0] != len(summary):
+            keys = list(self.watch.game.judge.keys.table)
+            text = format_table(summary[-12:], keys) if summary else "  ".join(["round", *keys])
+            table = Text(text)
+            table.stylize("bold", 0, text.find("\n") if "\n" in text else len(text))
+            self._table = (len(summary), table)
+        return self._table[1]
 
 
 def _terminal_streams() -> tuple[Any, ...]:
