@@ -96,11 +96,13 @@ class RichView:
 
     def start(self) -> None:
         self.live.start(refresh=True)
-        # Hydra's console handler holds the stdout it found at start-up; pointed at rich's
-        # proxy of it, log lines print above the live view instead of through it
-        loggers = [logging.getLogger(), logging.getLogger("apo")]
-        for handler in {h for lg in loggers for h in lg.handlers}:
-            if type(handler) is logging.StreamHandler and handler.stream in _terminal_streams():
+        # log handlers hold the stream they found when they were made (Hydra's, Lightning's,
+        # DeepSpeed's: the terminal); pointed at rich's proxy of it, their lines print above the
+        # live view instead of through it
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        handlers = {h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers}
+        for handler in handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream in _terminal_streams():
                 proxy = sys.stderr if handler.stream in (sys.__stderr__,) else sys.stdout
                 self._streams.append((handler, handler.setStream(proxy)))
 
