@@ -58,7 +58,8 @@ def watched(tmp_path_factory) -> tuple[Path, list[logging.LogRecord]]:
         cfg.game.save_weights = False
     handler, logger = Collect(), logging.getLogger("apo")
     logger.addHandler(handler)
-    level, logger.level = logger.level, logging.INFO
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not `.level =`: it clears the loggers' caches
     try:
         train(cfg)
     finally:
