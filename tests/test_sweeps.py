@@ -155,7 +155,13 @@ def test_basic_multirun_two_jobs(tmp_path: Path):
     sweep = tmp_path / "basic"
     proc = apo_train("-m", *TINY, "game.apo_coeff=0,1", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_apo_coeff_jobs(sweep)
+    for value, job in zip((0, 1), check_apo_coeff_jobs(sweep)):
+        # TensorBoard names each job by its overrides: <job>/tensorboard/<overrides>/events.*
+        (run,) = [d for d in (job / "tensorboard").iterdir() if d.is_dir()]
+        assert run.name == f"experiment=tiny,game.apo_coeff={value},game.rounds=1"
+        assert list(run.glob("events.out.tfevents.*"))
+        hparams = yaml.safe_load((run / "hparams.yaml").read_text())
+        assert hparams == {"experiment": "tiny", "game.apo_coeff": value, "game.rounds": 1}
     assert (sweep / "multirun.yaml").exists()
 
 

@@ -187,6 +187,8 @@ class Train(_Open):
     resume: bool
     resume_allow: list[str]
     tensorboard_flush_secs: float = PosFloat
+    progress: Literal["auto", "rich", "lines", "off"]
+    progress_every_s: float | None = Field(gt=0)
 
 
 #: the options of each policy objective, with their ranges (`tests/test_validation.py` keeps

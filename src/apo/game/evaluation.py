@@ -4,7 +4,7 @@ pairs, judged by the game's judge. It returns numbers and records; it writes not
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,9 @@ class Evaluation:
     calibration: dict[str, Any]
     #: per test prompt, the mean judge score (the next round's win rate compares with it)
     judge_by_prompt: dict[str, float]
+    #: the RM's scores by what it scored (`test_samples`: the policy's test samples;
+    #: `val_chosen` / `val_rejected`: the held-out human pairs), for histograms
+    rm_scores: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Evaluator:
@@ -140,7 +143,23 @@ class Evaluator:
                 for p in shared
             ]
             m[keys.win_rate_vs_prev] = mean(wins)
-        return Evaluation(metrics=m, test=test, calibration=calib, judge_by_prompt=now)
+        return Evaluation(
+            metrics=m,
+            test=test,
+            calibration=calib,
+            judge_by_prompt=now,
+            rm_scores={"test_samples": flat("rm_scores"), **self.chosen_rejected(val_rewards)},
+        )
+
+    def chosen_rejected(self, val_rewards: list[list[float]]) -> dict[str, list[float]]:
+        """The held-out pairs' rewards split into the annotators' chosen response (the highest
+        label of an item, the first among ties) and the others."""
+        chosen, rejected = [], []
+        for rewards, item in zip(val_rewards, self.dm.data.human_val):
+            best = max(range(len(rewards)), key=lambda j: item.scores[j])
+            chosen.append(rewards[best])
+            rejected += [r for j, r in enumerate(rewards) if j != best]
+        return {"val_chosen": chosen, "val_rejected": rejected}
 
     def calibration(self, rewards: list[list[float]], scores: list[list[float]]) -> dict:
         """ECE / ACE / MCE of sigmoid(r_i - r_j) on the human pairs (both orientations)."""

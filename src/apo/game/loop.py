@@ -29,8 +29,9 @@ from apo.game.state import GameState
 from apo.game.trainers import Trainers, timed
 from apo.guards import GuardStop
 from apo.judges import build_judge
-from apo.logger import GameTensorBoardLogger
+from apo.logger import GameTensorBoardLogger, hydra_job, run_name
 from apo.preemption import Preempted, StopSignals
+from apo.progress import GameWatch
 from apo.records import format_table
 from apo.validation import check_sizes
 
@@ -62,9 +63,12 @@ class GameLoop:
         new = int(cfg.policy.generation.max_new_tokens)
         data.meta.update(check_budgets(self.dm, new, str(cfg.data.overlength), where))
         self.logger = GameTensorBoardLogger(
-            str(self.run_dir), flush_secs=cfg.tensorboard_flush_secs
+            str(self.run_dir),
+            version=run_name(self.run_dir, hydra_job(self.run_dir)),
+            flush_secs=cfg.tensorboard_flush_secs,
         )
-        self.trainers = Trainers(cfg, self.logger, self.run_dir)
+        self.watch = GameWatch(cfg, self)  # progress on the terminal or in the log
+        self.trainers = Trainers(cfg, self.logger, self.run_dir, self.watch.callbacks)
         self.judge = build_judge(cfg, self.task, self.dm, self.trainers, self.run_dir)
         self.evaluator = Evaluator(
             self.plan,
@@ -112,10 +116,11 @@ class GameLoop:
             if first == 0:
                 self.players.tokenizer.save_pretrained(str(self.run_dir / "tokenizer"))
         saving = 0.0
-        with StopSignals() as signals:
+        with StopSignals() as signals, self.watch.watch_game(schedule, first):
             for r, phase in schedule[first:]:
                 try:
-                    self.play_timed(r, phase)
+                    with self.watch.watch_phase(r, phase):
+                        self.play_timed(r, phase)
                 except SIGTERMException:
                     self.stop(signals.received or signal.SIGTERM, r, phase, finished=False)
                 except GuardStop as e:

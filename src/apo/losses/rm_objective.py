@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from apo.losses.pairs import chosen_rejected, preference_pairs
 from apo.losses.rm import RM_LOSSES, pair_sum, reward_centering
 
 APO_LOSSES = ("ranking", "diff")
@@ -99,6 +100,9 @@ class RMObjective:
             loss_h = (s_h / n_h.clamp(min=1)).detach()
             loss_a = (s_a / n_a.clamp(min=1)).detach() if apo else None
         parts = {"loss_human": loss_h, "reward_mean": r_human[human_mask.bool()].mean().detach()}
+        # the human pairs' chosen / rejected rewards, as TRL's RewardTrainer names them
+        h_pairs = preference_pairs(human_scores, human_mask)
+        parts.update(chosen_rejected(r_human, h_pairs, human_mask.bool()))
         if self.centering_coeff:
             loss_c = reward_centering(r_human, human_mask)
             loss = loss + self.centering_coeff * loss_c
@@ -107,5 +111,9 @@ class RMObjective:
             if self.weighting == "per_part":
                 loss = loss + (self.apo_coeff / self.samples_per_prompt) * loss_a
             parts["loss_apo"] = loss_a
+            # golden answers (chosen) against the policy's samples (rejected)
+            a_pairs = preference_pairs(apo_scores, apo_mask)
+            stats = chosen_rejected(r_apo, a_pairs, apo_mask.bool())
+            parts.update({f"apo/{k}": v for k, v in stats.items()})
         parts["loss"] = loss
         return loss, parts
