@@ -82,7 +82,7 @@ CONFIG_CASES = [
     (["policy.prompt_template='Q: A:'"], ConfigError, r"prompt_template=.*placeholder"),
     (["data.sizes.n_sft=-1"], ConfigError, r"data\.sizes=.*>= 0"),
     (["data.overlength=drop"], ConfigError, r"data\.overlength='drop'"),
-    (["data.max_len=128"], ConfigError, r"rm: .*128 tokens .*max_position_embeddings=64"),
+    (["data.max_len=128"], ConfigError, r"(policy|rm): .*tokens .*max_position_embeddings=64"),
     (["data.max_len=40"], ConfigError, r"data\.max_len=40: below data\.max_prompt_len"),
     (["data.max_prompt_len=1"], ConfigError, r"data\.max_prompt_len=1"),
     (["strategy.devices=2"], ConfigError, r"strategy\.devices=2: strategy auto runs one"),

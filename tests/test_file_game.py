@@ -253,6 +253,7 @@ def test_texts_over_their_budgets_error_skip_or_count(tmp_path):
     ):
         GameLoop(compose_cfg(["data=hh_rlhf", *TINY, "data.overlength=error"], run_dir=run))
     wide = ["data.max_prompt_len=160", "data.max_len=256", "policy.generation.max_new_tokens=96"]
+    wide += [f"{p}.backbone.max_position_embeddings=256" for p in ("policy", "rm")]
     cfg = compose_cfg(["data=hh_rlhf", *TINY, *wide, "data.overlength=skip"], run)
     loop = GameLoop(cfg)
     data, enc, rm = loop.dm.data, loop.dm.enc, loop.dm.encoders["rm"]

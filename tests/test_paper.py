@@ -187,6 +187,7 @@ def test_per_round_schedules_apply_round_by_round():
             "objective.lr=[5e-4,2e-4,9e-5]",
             "objective.loss.beta=[0.1,0.2,0.3]",
             "game.apo_coeff=[0,0.1,1.0]",
+            "policy.generation.max_new_tokens=12",  # a game sizes a null budget from its data
         ]
     )
     plan = build_plan(cfg)

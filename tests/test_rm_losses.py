@@ -157,7 +157,7 @@ def test_every_rm_loss_is_finite_and_has_gradient(name, margin):
 
 def test_rm_objective_reports_chosen_and_rejected_rewards():
     """The RM's Bradley-Terry pairs and its APO items under TRL's RewardTrainer names."""
-    from apo.losses.rm import RMObjective
+    from apo.losses.rm_objective import RMObjective
 
     objective = RMObjective(
         kl_coeff=1.0,
@@ -167,6 +167,7 @@ def test_rm_objective_reports_chosen_and_rejected_rewards():
         human_loss="bradley_terry",
         margin=0.0,
         centering_coeff=0.0,
+        weighting="per_part",
     )
     r_human = torch.tensor([[1.0, -1.0], [0.0, 0.5]])  # the second pair is ranked wrongly
     human_scores = torch.tensor([[1.0, 0.0], [1.0, 0.0]])

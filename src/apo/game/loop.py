@@ -24,7 +24,7 @@ from apo.game.evaluation import Evaluator
 from apo.game.outputs import RoundWriter, write_run_config
 from apo.game.phases import PHASES, START_PHASES, Phase
 from apo.game.plan import build_plan
-from apo.game.players import build_datamodule, build_players
+from apo.game.players import build_datamodule, build_players, check_positions
 from apo.game.state import GameState
 from apo.game.trainers import Trainers, timed
 from apo.guards import GuardStop
@@ -50,11 +50,14 @@ class GameLoop:
         self.task = instantiate(cfg.task)
         data = build_game_data(cfg, self.task)
         task_tokenizer = build_tokenizer(cfg, self.task, data)
-        # budgets left null are sized from the data, then checked like set ones
-        resolve_sizes(cfg, data, task_tokenizer)
-        check_sizes({k: plain(cfg[k]) for k in ("data", "policy", "rm")})
-        self.plan = build_plan(cfg)
         self.players = build_players(cfg, task_tokenizer)
+        # budgets left null are sized from the data (in each player's tokens), then checked
+        # like set ones
+        tokenizers = {"policy": self.players.tokenizer, "rm": self.players.rm_tokenizer}
+        resolve_sizes(cfg, data, tokenizers)
+        check_sizes({k: plain(cfg[k]) for k in ("data", "policy", "rm")})
+        check_positions(cfg, self.players)
+        self.plan = build_plan(cfg)
         self.dm = build_datamodule(cfg, data, self.players)
         # every text against its token budget, before anything runs (nothing is cut silently)
         where = data.meta.get("file") or f"task {type(self.task).__name__}"

@@ -19,7 +19,7 @@ from apo.data.game_data import GameData
 from apo.distributed import plain_copy, skeleton
 from apo.losses.objectives import PolicyObjective
 from apo.losses.rm_objective import RMObjective
-from apo.modules.backbones import build_player
+from apo.modules.backbones import build_player, check_model_positions
 from apo.modules.policy import PolicyModule
 from apo.modules.reward import RewardModule
 from apo.modules.sampling import SamplingSpec
@@ -119,11 +119,7 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
     """Each player: a tiny model from `backbone` with the task's tokenizer, or a checkpoint
     directory (`model_name_or_path`) with its own tokenizer. The policy is built first (from
     `seed`), then the RM (from `seed + 1`)."""
-    d = cfg.data
-    positions = max(d.max_len, d.max_prompt_len + int(cfg.policy.generation.max_new_tokens))
-    policy, tokenizer = build_player(
-        "policy", cfg.policy, cfg.seed, task_tokenizer, positions=positions
-    )
+    policy, tokenizer = build_player("policy", cfg.policy, cfg.seed, task_tokenizer)
     same = cfg.rm.get("model_name_or_path") == cfg.policy.get("model_name_or_path")
     rm, rm_tokenizer = build_player(
         "rm",
@@ -131,7 +127,6 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         cfg.seed + 1,
         tokenizer if same else task_tokenizer,
         own_tokenizer=not same,
-        positions=d.max_len,
     )
     return Players(
         policy=policy,
@@ -142,6 +137,20 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         policy_optimizer=instantiate(cfg.policy.optimizer),
         rm_optimizer=instantiate(cfg.rm.optimizer),
     )
+
+
+def check_positions(cfg: DictConfig, players: Players) -> None:
+    """Each checkpoint player against the longest sequence the game feeds it (once the token
+    budgets are known; a tiny player's positions are checked with the config)."""
+    d = cfg.data
+    needed = {
+        "policy": max(d.max_len, d.max_prompt_len + int(cfg.policy.generation.max_new_tokens)),
+        "rm": d.max_len,
+    }
+    for kind, model in (("policy", players.policy), ("rm", players.rm)):
+        path = cfg[kind].get("model_name_or_path")
+        if path is not None:
+            check_model_positions(model, int(needed[kind]), f"{kind}.model_name_or_path", path)
 
 
 def build_datamodule(cfg: DictConfig, data: GameData, players: Players) -> GameDataModule:

@@ -196,8 +196,8 @@ def load_sequence_classifier(
     return model
 
 
-def _check_positions(model: Any, needed: int, key: str, path: Path) -> None:
-    cfg = model.config
+def check_model_positions(model: Any, needed: int, key: str, path: Path | str) -> None:
+    cfg = getattr(model, "config", None) or model.base_model.config
     limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if limit is not None and needed > limit:
         raise ValueError(
@@ -239,6 +239,6 @@ def build_player(
             model = load_causal_lm(d, tokenizer, key, trust)
         else:
             model = load_sequence_classifier(d, tokenizer, key, seed, trust)
-        _check_positions(model, positions, key, d)
+        check_model_positions(model, positions, key, d)
     model = add_lora(model, cfg.get("lora"), f"{kind}.lora", "score" if kind == "rm" else None)
     return model, tokenizer
