@@ -111,6 +111,11 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class ResumeRefused(ValueError):
+    """A run dir's saved game cannot be continued with this config (the run dir is left as it
+    was)."""
+
+
 def check_config(
     saved: str, cfg: DictConfig, path: Path, allow: list[str] | tuple[str, ...] = ()
 ) -> tuple[list[str], dict[str, tuple[Any, Any]]]:
@@ -125,7 +130,7 @@ def check_config(
     if diff:
         shown = "; ".join(f"{k}: saved {old[k]!r}, now {new.get(k, _MISSING)!r}" for k in diff[:8])
         more = f" (and {len(diff) - 8} more)" if len(diff) > 8 else ""
-        raise ValueError(
+        raise ResumeRefused(
             f"{path}: the saved game was played with a different config: {shown}{more}. Resume "
             "with the original overrides (game.rounds may change; allow others with "
             "resume_allow=[<key>,...]), or use a new run dir."

@@ -57,18 +57,50 @@ def run_game(cfg: DictConfig) -> dict[str, Any]:
     The config is validated first (`apo.validation`): a bad value stops here, before any file
     is written (an empty run dir Hydra made for it is removed again)."""
     from apo.progress import announce
+    from apo.validation import validated_or_clean
 
+    validated_or_clean(cfg)  # before the first log line creates the run dir's train.log
+    logs = _log_files()
     announce(cfg)  # before the seconds the libraries take to import
     import lightning as L
 
+    from apo.checkpoint import ResumeRefused
     from apo.game import GameLoop
-    from apo.validation import validated_or_clean
 
-    validated_or_clean(cfg)
     quiet_libraries()
     adopt_submitit_local_tasks()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    return GameLoop(cfg).run()
+    try:
+        game = GameLoop(cfg)
+        return game.run()
+    except (ResumeRefused, FileExistsError):
+        _truncate(logs)  # a refused resume leaves the run dir as it was, its log included
+        raise
+
+
+def _log_files() -> dict[str, int]:
+    """The log files the root logger writes, and their sizes now (0: not there yet)."""
+    import os
+
+    out = {}
+    for h in logging.getLogger().handlers:
+        name = getattr(h, "baseFilename", None)
+        if name:
+            out[name] = os.path.getsize(name) if os.path.exists(name) else 0
+    return out
+
+
+def _truncate(sizes: dict[str, int]) -> None:
+    import os
+
+    for h in logging.getLogger().handlers:
+        h.flush()
+    for name, size in sizes.items():
+        if os.path.exists(name):
+            if size:
+                os.truncate(name, size)
+            else:
+                os.remove(name)
 
 
 def train(cfg: DictConfig) -> float | None:

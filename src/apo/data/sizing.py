@@ -67,6 +67,14 @@ def resolve_sizes(
     said = [r for _, r in data.sft] + [data.golden[p] for p in data.rm_prompts]
     if gen.max_new_tokens is None:
         if d.max_len is not None:  # the room a set sequence budget leaves
+            if int(d.max_len) < int(prompt) + 2:
+                from apo.validation import ConfigError
+
+                raise ConfigError(
+                    f"data.max_len={d.max_len}: below data.max_prompt_len ({prompt}) + 2, so it "
+                    "leaves no room for a response (policy.generation.max_new_tokens is sized "
+                    "from it); raise data.max_len or leave it null"
+                )
             derived["policy.generation.max_new_tokens"] = int(d.max_len) - int(prompt) - 1
         else:
             derived["policy.generation.max_new_tokens"] = 1 + max(
