@@ -252,6 +252,9 @@ def test_ctrl_c_leaves_a_trace_naming_the_phase(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # a shell's background job ignores SIGINT and its children inherit that (then Python
+        # installs no KeyboardInterrupt): the game gets Ctrl-C as a terminal's foreground job does
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
     try:
