@@ -102,3 +102,19 @@ def test_a_model_whose_head_cannot_be_split_takes_the_full_path():
     capped = _llama(15)
     capped.config.final_logit_softcapping = 30.0
     assert _head_of(capped) is None
+
+
+def test_many_response_tokens_are_chunked_within_the_logit_budget(monkeypatch):
+    from apo.modules import logps
+
+    # a budget of 20 rows x 300 vocabulary entries: 6 rows of 20 tokens are chunked
+    monkeypatch.setattr(logps, "LOGIT_BYTES", 4 * 20 * 300)
+    assert logps._chunk_size(20, 300, 8192) == 300
+    assert logps._chunk_size(100, 300, 8192) == 128
+    model = _llama(300)
+    ids, att, loss = _batch(300)
+    with torch.no_grad():
+        full = _full_logps(model, ids, att, loss, entropy=True)
+        ours = sequence_logps(model, ids, att, loss, entropy=True)
+    for a, b in zip(ours, full):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)

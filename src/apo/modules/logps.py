@@ -1,6 +1,7 @@
 """Log-likelihoods of the response tokens only: the LM head projects the positions that predict a
-response token, and a large vocabulary is processed in chunks, so no `[N, T, V]` fp32 logits
-(nor `[M, V]` ones for a 128k vocabulary) are ever materialised.
+response token, and a large vocabulary (or a large batch of response tokens) is processed in
+chunks, so no `[N, T, V]` fp32 logits (nor `[M, V]` ones for a 128k vocabulary) are ever
+materialised.
 
 `sequence_logps` gives the same numbers as projecting every position and masking (a test holds
 them within 1e-6); models whose logits are more than `lm_head(decoder(x))` (soft-capping, logit
@@ -18,6 +19,20 @@ from apo.distributed import sharding
 
 #: vocabularies above this are projected `VOCAB_CHUNK` rows of the head at a time
 VOCAB_CHUNK = 8192
+#: at most this many bytes of fp32 logits at once: a prediction batch of many response tokens
+#: is chunked over the vocabulary even when the vocabulary is small
+LOGIT_BYTES = 64 * 2**20
+
+
+def _chunk_size(rows: int, vocab: int, chunk: int) -> int:
+    """Vocabulary rows per chunk: all of them (the exact, unchunked path) when the logits fit
+    both limits, else `chunk` or fewer, so that `rows x chunk` fp32 logits stay in budget."""
+    fits = max(1, LOGIT_BYTES // (4 * max(rows, 1)))
+    if vocab <= chunk and vocab <= fits:
+        return vocab
+    return max(128, min(chunk, fits))
+
+
 #: config keys of models whose logits are not the plain head projection
 _LOGIT_TRANSFORMS = (
     "final_logit_softcapping",
@@ -102,6 +117,7 @@ def token_logps(
     """`log p(target)` of each row of `hidden [M, H]` under `head` (fp32), chunked over a large
     vocabulary."""
     w = head.weight
+    chunk = _chunk_size(hidden.shape[0], w.shape[0], chunk)
     if w.shape[0] > chunk:
         return _ChunkedTokenLogp.apply(hidden, w, targets, chunk)
     # the op order of the full path's cross-entropy (log_softmax, then the target's entry)
@@ -113,6 +129,7 @@ def token_entropy(hidden: torch.Tensor, head: nn.Linear, chunk: int = VOCAB_CHUN
     """Entropy of the next-token distribution at each row of `hidden [M, H]` (fp32, chunked
     over a large vocabulary)."""
     w, dtype = head.weight, _mm_dtype(hidden)
+    chunk = _chunk_size(hidden.shape[0], w.shape[0], chunk)
     if w.shape[0] <= chunk:
         # the full path's formula, so both agree bit for bit
         logp = torch.log_softmax(head(hidden).float(), -1)
