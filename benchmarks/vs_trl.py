@@ -46,7 +46,9 @@ CELLS = {
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, vocab=2048, heads=4),
 }
 MEASURES = ("dpo_live", "dpo_pre", "rm", "gen", "round")
-N_PAIRS, PROMPT, RESPONSE, BATCH, EPOCHS, K = 256, 32, 32, 8, 4, 4
+N_PAIRS, PROMPT, RESPONSE, BATCH, K = 256, 32, 32, 8, 4
+#: epochs of the fits (4 = 128 steps; `--epochs` changes it, for both sides alike)
+EPOCHS = int(os.environ.get("VS_TRL_EPOCHS", 4))
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -512,8 +514,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "apo-vs-trl-warm"))
     ap.add_argument("--json", default=None, help="write every run's numbers here")
+    ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of the fits (4 = 128 steps)")
     ap.add_argument("--one", nargs=4, metavar=("SIDE", "MEASURE", "CELL", "PRECISION"))
     a = ap.parse_args()
+    global EPOCHS
+    EPOCHS = a.epochs
     if a.one:
         print(json.dumps(one(*a.one, a.threads, Path(a.cache))))
         return
