@@ -507,6 +507,7 @@ def stats(values: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    global EPOCHS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cells", default="tiny-fp32,small-fp32,small-bf16")
@@ -517,7 +518,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of the fits (4 = 128 steps)")
     ap.add_argument("--one", nargs=4, metavar=("SIDE", "MEASURE", "CELL", "PRECISION"))
     a = ap.parse_args()
-    global EPOCHS
     EPOCHS = a.epochs
     if a.one:
         print(json.dumps(one(*a.one, a.threads, Path(a.cache))))
