@@ -499,7 +499,9 @@ def run_one(side, measure, cell, precision, threads, cache) -> dict:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"{side} {measure} {cell} {precision} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["load1"] = os.getloadavg()[0]  # the 1-minute load average as the measure ended
+    return out
 
 
 def stats(values: list[float]) -> tuple[float, float, float]:
@@ -515,12 +517,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "apo-vs-trl-warm"))
     ap.add_argument("--json", default=None, help="write every run's numbers here")
+    ap.add_argument("--table", default=None, help="only print the table of a --json file")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of the fits (4 = 128 steps)")
     ap.add_argument("--one", nargs=4, metavar=("SIDE", "MEASURE", "CELL", "PRECISION"))
     a = ap.parse_args()
     EPOCHS = a.epochs
     if a.one:
         print(json.dumps(one(*a.one, a.threads, Path(a.cache))))
+        return
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
         return
     precisions = {"fp32": "32-true", "bf16": "bf16-mixed"}
     cells = [c.split("-") for c in a.cells.split(",")]
@@ -540,25 +546,38 @@ def main() -> None:
                     res = run_one(side, measure, size, precisions[prec], a.threads, a.cache)
                     results[key][side].append(res)
                     print(f"  {key} run {r + 1} {side}: {res}", file=sys.stderr, flush=True)
+                    if a.json:  # after every run, so that a stopped benchmark keeps its numbers
+                        Path(a.json).write_text(json.dumps(results, indent=1))
     load1 = os.getloadavg()
-    unit = {
-        "dpo_live": "pairs/s",
-        "dpo_pre": "pairs/s",
-        "rm": "pairs/s",
-        "gen": "new tok/s",
-        "round": "rounds/h",
-    }
     print(
-        f"\n{a.runs} runs per side, interleaved, {a.threads} threads; load average "
+        f"\n{a.runs} runs per side, interleaved, {a.threads} threads, fits of {EPOCHS} epochs "
+        f"({N_PAIRS // BATCH * EPOCHS} steps); load average "
         f"{load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at the start, "
         f"{load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f} at the end\n"
     )
-    print(
+    print(table(results))
+
+
+UNITS = {
+    "dpo_live": "pairs/s",
+    "dpo_pre": "pairs/s",
+    "rm": "pairs/s",
+    "gen": "new tok/s",
+    "round": "rounds/h",
+}
+
+
+def table(results: dict[str, dict[str, list[dict]]]) -> str:
+    """The Markdown ratio table of `results` (key -> side -> runs)."""
+    lines = [
         "| measure | cell | TRL median (min-max) | here median (min-max) | here / TRL "
-        "| peak RSS MiB TRL | here |"
-    )
-    print("|---|---|---|---|---|---|---|")
+        "| peak RSS MiB TRL / here | of it during the measure TRL / here |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda s: f"{s[0]:,.1f} ({s[1]:,.1f}-{s[2]:,.1f})"  # noqa: E731
     for key, sides in results.items():
+        if not sides["trl"] or not sides["apo"]:
+            continue
         measure, cell, prec = key.split()
         t, h = (stats([x["rate"] for x in sides[s]]) for s in ("trl", "apo"))
         mt, mh = (statistics.median([x["peak_mib"] for x in sides[s]]) for s in ("trl", "apo"))
@@ -566,13 +585,11 @@ def main() -> None:
             statistics.median([x["peak_mib"] - x["base_mib"] for x in sides[s]])
             for s in ("trl", "apo")
         )
-        fmt = lambda s: f"{s[0]:,.1f} ({s[1]:,.1f}-{s[2]:,.1f})"  # noqa: E731
-        print(
-            f"| {measure} ({unit[measure]}) | {cell} {prec} | {fmt(t)} | {fmt(h)} "
-            f"| {h[0] / t[0]:.2f}x | {mt:,.0f} | {mh:,.0f} |"
+        lines.append(
+            f"| {measure} ({UNITS[measure]}) | {cell} {prec} | {fmt(t)} | {fmt(h)} "
+            f"| {h[0] / t[0]:.2f}x | {mt:,.0f} / {mh:,.0f} | {dt:,.0f} / {dh:,.0f} |"
         )
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
