@@ -571,8 +571,9 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
     """The Markdown ratio table of `results` (key -> side -> runs)."""
     lines = [
         "| measure | cell | TRL median (min-max) | here median (min-max) | here / TRL "
-        "| peak RSS MiB TRL / here | of it during the measure TRL / here |",
-        "|---|---|---|---|---|---|---|",
+        "| paired runs: median (min-max) | peak RSS MiB TRL / here "
+        "| of it during the measure TRL / here |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda s: f"{s[0]:,.1f} ({s[1]:,.1f}-{s[2]:,.1f})"  # noqa: E731
     for key, sides in results.items():
@@ -585,9 +586,12 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
             statistics.median([x["peak_mib"] - x["base_mib"] for x in sides[s]])
             for s in ("trl", "apo")
         )
+        # run i of both sides ran back to back: their ratio is the one a change in load hits least
+        p = stats([b["rate"] / a["rate"] for a, b in zip(sides["trl"], sides["apo"])])
         lines.append(
             f"| {measure} ({UNITS[measure]}) | {cell} {prec} | {fmt(t)} | {fmt(h)} "
-            f"| {h[0] / t[0]:.2f}x | {mt:,.0f} / {mh:,.0f} | {dt:,.0f} / {dh:,.0f} |"
+            f"| {h[0] / t[0]:.2f}x | {p[0]:.2f}x ({p[1]:.2f}-{p[2]:.2f}) "
+            f"| {mt:,.0f} / {mh:,.0f} | {dt:,.0f} / {dh:,.0f} |"
         )
     return "\n".join(lines)
 
