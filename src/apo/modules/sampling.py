@@ -121,15 +121,11 @@ class _Stream:
     def __init__(self, model: nn.Module, ids: torch.Tensor, att: torch.Tensor, new: int) -> None:
         self.model = model
         self.pos = (att.cumsum(-1) - 1).clamp(min=0)
-        cache = _cache(model, ids.shape[1] + new)
-        out = model(
-            input_ids=ids,
-            attention_mask=att,
-            position_ids=self.pos,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        kw = dict(input_ids=ids, attention_mask=att, position_ids=self.pos, use_cache=True)
+        try:
+            out = model(**kw, past_key_values=_cache(model, ids.shape[1] + new), logits_to_keep=1)
+        except TypeError:  # a model's own code without `logits_to_keep`
+            out = model(**kw)
         self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
         self.pos = self.pos[:, -1:]
 
