@@ -12,7 +12,7 @@ from torch import nn
 from apo.losses.objectives import PolicyObjective
 from apo.modules.logps import sequence_logps
 from apo.modules.sampling import SamplingSpec, sample
-from apo.strategies import shard
+from apo.strategies import build_optimizer, shard
 
 
 class PolicyModule(L.LightningModule):
@@ -141,6 +141,5 @@ class PolicyModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        if self.lr is not None:
-            return self.optimizer_factory(params, lr=self.lr)
-        return self.optimizer_factory(params)
+        kwargs = {} if self.lr is None else {"lr": self.lr}
+        return build_optimizer(self.trainer, self.optimizer_factory, params, **kwargs)
