@@ -159,7 +159,7 @@ def test_hh_game_one_round_judged_by_test_rm(tmp_path):
     GameLoop(compose_cfg(["data=hh_rlhf", *TINY], run_dir=run)).run()
     summary = _check_no_oracle_run(run)
     assert summary["data"]["source"] == "hh_rlhf" and summary["data"]["records_skipped"] == 9
-    assert summary["data"]["sequences_over_max_len"] > 0  # cut, as the game does, and counted
+    assert summary["data"]["over_budget"] > 0  # cut, as the game does, and counted
     # apo-report falls back to the test RM's reward and still writes its tables and plots
     path, text = build_report(run, tmp_path / "report")
     assert "**policy/test_rm_reward**" in text and "policy/gold_reward" not in text
@@ -240,25 +240,34 @@ def test_apo_files_bad_inputs_name_file_line_and_field(tmp_path, hh_items):
         build_game_data(compose_cfg(["data=apo_files", *overrides, "data.sizes.n_rm=4"]), None)
 
 
-def test_sequences_over_max_len_error_skip_or_count(tmp_path):
+def test_texts_over_their_budgets_error_skip_or_count(tmp_path):
+    """Prompts over data.max_prompt_len, responses over data.max_len and golden answers or
+    demonstrations over policy.generation.max_new_tokens: an error naming part, item and field,
+    dropped, or cut and counted; never cut silently."""
     _need(HH_TEST)
     run = tmp_path / "run"
     with pytest.raises(
         DataFormatError,
-        match=r"test\.jsonl\.gz, field 'responses\[\d\]': \w+ item \d+: .*over data\.max_len=48",
+        match=r"test\.jsonl\.gz, field '(prompt|demonstration|golden|responses\[\d\])': "
+        r"\w+ item \d+: .*over (data\.max_prompt_len|data\.max_len|policy\.generation)",
     ):
         GameLoop(compose_cfg(["data=hh_rlhf", *TINY, "data.overlength=error"], run_dir=run))
-    cfg = compose_cfg(["data=hh_rlhf", *TINY, "data.overlength=skip", "data.max_len=128"], run)
+    wide = ["data.max_prompt_len=160", "data.max_len=256", "policy.generation.max_new_tokens=96"]
+    wide += [f"{p}.backbone.max_position_embeddings=256" for p in ("policy", "rm")]
+    cfg = compose_cfg(["data=hh_rlhf", *TINY, *wide, "data.overlength=skip"], run)
     loop = GameLoop(cfg)
-    data, enc = loop.dm.data, loop.dm.enc
-    assert data.meta["skipped_over_max_len"] == data.meta["sequences_over_max_len"] > 0
-    assert len(data.human_train) < 48
+    data, enc, rm = loop.dm.data, loop.dm.enc, loop.dm.encoders["rm"]
+    assert data.meta["skipped_over_budget"] == data.meta["over_budget"] > 0
+    assert 0 < len(data.human_train) < 48
     for it in data.human_train:
-        p = loop.dm.prompt_ids(it.prompt)
-        assert all(len(p) + len(enc.response(r)) <= 128 for r in it.responses)
-    kept = GameLoop(compose_cfg(["data=hh_rlhf", *TINY, "data.max_len=128"], run)).dm.data
+        assert rm.prompt_length(it.prompt) <= 160
+        p = loop.dm.prompt_ids(it.prompt, "rm")
+        assert all(len(p) + len(rm.response(r)) <= 256 for r in it.responses)
+    for _, r in data.sft:
+        assert len(enc.response(r)) <= 96
+    kept = GameLoop(compose_cfg(["data=hh_rlhf", *TINY, *wide], run)).dm.data
     assert len(kept.human_train) > len(data.human_train)  # truncate keeps them, counted
-    assert kept.meta["sequences_over_max_len"] == data.meta["sequences_over_max_len"]
+    assert kept.meta["over_budget"] == data.meta["over_budget"]
 
 
 def test_apo_files_sft_from_a_samples_file(tmp_path, hh_items):

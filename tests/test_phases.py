@@ -82,5 +82,5 @@ def test_a_phase_name_is_registered_once():
 
 def test_every_phase_that_changes_weights_names_them():
     for name, p in PHASES.items():
-        assert set(p.changes) <= {"policy", "ref", "rm"}, name
+        assert set(p.changes) <= {"policy", "ref", "rm", "rm_base"}, name
     assert PHASES["rm_fit"].changes == ("rm",) and PHASES["policy_fit"].changes == ("policy",)

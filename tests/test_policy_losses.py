@@ -311,9 +311,11 @@ def test_lipo_needs_reference():
 
 
 def test_registry_names_and_metadata():
-    assert set(POLICY_OBJECTIVES) == {"sft", "rjs", "rrhf", "dpo", "ipo", "slic", "lipo"}
+    offline = {"sft", "rjs", "rrhf", "dpo", "ipo", "slic", "lipo"}
+    assert set(POLICY_OBJECTIVES) == offline | {"rloo", "grpo", "ppo"}
+    assert {n for n, o in POLICY_OBJECTIVES.items() if o.online} == {"rloo", "grpo", "ppo"}
     needs_ref = {n for n, o in POLICY_OBJECTIVES.items() if o.needs_reference}
-    assert needs_ref == {"dpo", "ipo", "lipo"}
+    assert needs_ref == {"dpo", "ipo", "lipo"}  # an online fit keeps its own reference
 
 
 def _bound(name: str, **options):
@@ -340,7 +342,7 @@ def test_options_are_checked_against_the_loss():
     with pytest.raises(ValueError, match=r"unknown \['gamma'\]"):
         policy_objective("lipo", beta=0.1, gamma=1.0)
     with pytest.raises(ValueError, match="objective.name"):
-        policy_objective("ppo")
+        policy_objective("a2c")
 
 
 def _select_columns(objective, *tensors: torch.Tensor, scores: torch.Tensor):
@@ -384,7 +386,7 @@ def test_loss_on_selected_samples_equals_loss_on_all(name, options):
     assert sel_loss.item() == pytest.approx(full_loss.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(POLICY_OBJECTIVES))
+@pytest.mark.parametrize("name", sorted(n for n, o in POLICY_OBJECTIVES.items() if not o.online))
 def test_every_objective_is_finite_and_has_gradient(name):
     g = torch.Generator().manual_seed(0)
     B, k = 6, 4
@@ -400,3 +402,47 @@ def test_every_objective_is_finite_and_has_gradient(name):
     assert logps.grad.abs().sum() > 0
     # padding gets no gradient
     assert logps.grad[1, 3] == 0 and torch.all(logps.grad[4, 2:] == 0)
+
+
+# ------------------------------------------------------------ TRL's chosen / rejected statistics
+TRL_KEYS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def test_dpo_chosen_rejected_stats_by_hand():
+    # row 0: best 1 (logp -2, ref -2), worst 2 (logp -3, ref -2); row 1: best 0, worst 1;
+    # row 1's masked column holds NaN, which must not reach any statistic
+    logps = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.5, math.nan]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0], [-1.0, -1.0, 0.0]])
+    scores = torch.tensor([[0.5, 0.9, 0.1], [0.8, 0.2, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    _, stats = dpo(logps, ref, scores, mask, torch.ones(2, 3), beta=0.5)
+    chosen = (0.5 * 0.0 + 0.5 * 0.5) / 2  # beta * (logp - ref) of each pair's chosen item
+    rejected = (0.5 * -1.0 + 0.5 * -0.5) / 2
+    assert stats["rewards/chosen"].item() == pytest.approx(chosen)
+    assert stats["rewards/rejected"].item() == pytest.approx(rejected)
+    assert stats["rewards/margins"].item() == pytest.approx(chosen - rejected)
+    assert stats["rewards/accuracies"].item() == 1.0
+    assert stats["logps/chosen"].item() == pytest.approx((-2.0 - 0.5) / 2)
+    assert stats["logps/rejected"].item() == pytest.approx((-3.0 - 1.5) / 2)
+    assert not any(v.requires_grad for v in stats.values())
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "slic", "lipo"])
+def test_pairwise_objectives_report_trls_statistics(name):
+    torch.manual_seed(0)
+    logps = -torch.rand(4, 3) * 5
+    ref = -torch.rand(4, 3) * 5
+    scores = torch.rand(4, 3)
+    loss, stats = globals()[name](logps, ref, scores, full(4, 3), torch.ones(4, 3))
+    for key in TRL_KEYS:
+        assert key in stats and torch.isfinite(stats[key]), (name, key)
+    assert 0.0 <= stats["rewards/accuracies"].item() <= 1.0
+    margin = stats["rewards/chosen"] - stats["rewards/rejected"]
+    assert stats["rewards/margins"].item() == pytest.approx(margin.item(), abs=1e-6)

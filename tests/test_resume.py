@@ -65,27 +65,39 @@ def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def _cmd(run: Path, *overrides: str) -> list[str]:
+def _cmd(run: Path, *overrides: str, base: tuple[str, ...] = tuple(LONG)) -> list[str]:
     exe = shutil.which("apo-train") or str(Path(sys.executable).parent / "apo-train")
-    return [exe, *LONG, f"hydra.run.dir={run}", *overrides]
+    return [exe, *base, f"hydra.run.dir={run}", *overrides]
 
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 
 
-def _play(run: Path, *overrides: str) -> None:
+def _play(run: Path, *overrides: str, base: tuple[str, ...] = tuple(LONG)) -> None:
     proc = subprocess.run(
-        _cmd(run, *overrides), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+        _cmd(run, *overrides, base=base),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _kill_during(run: Path, after: tuple[int, str], *overrides: str) -> None:
-    """Start a game and SIGKILL it (its whole process group) in the fit that follows phase
-    `after`: once the state says `after` finished and the fit's first losses reach TensorBoard."""
+def _kill_during(
+    run: Path,
+    after: tuple[int, str],
+    *overrides: str,
+    sig: int = signal.SIGKILL,
+    base: tuple[str, ...] = tuple(LONG),
+) -> int:
+    """Start a game and send `sig` to its whole process group in the fit that follows phase
+    `after` (once the state says `after` finished and the fit's first losses reach
+    TensorBoard); return the game's exit status."""
     proc = subprocess.Popen(
-        _cmd(run, *overrides),
+        _cmd(run, *overrides, base=base),
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -104,10 +116,11 @@ def _kill_during(run: Path, after: tuple[int, str], *overrides: str) -> None:
             assert _progress(run) == after, f"the fit after {after} ended before it was seen"
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    # killed inside the fit: the state still ends at `after`
+        os.killpg(proc.pid, sig)
+        code = proc.wait(timeout=600)
+    # stopped inside the fit: the state still ends at `after`
     assert _progress(run) == after
+    return code
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +185,19 @@ def test_sigkill_in_policy_fit_then_resume(full_run: Path, tmp_path: Path):
     assert "policy/gold_reward" in proc.stdout + proc.stderr
     assert sorted(p.name for p in (run / "tensorboard").iterdir()) == events
     assert (run / "summary.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_sigterm_in_policy_fit_exits_non_zero_then_resumes(full_run: Path, tmp_path: Path):
+    """A preempted game (SIGTERM, as SLURM and the shell send it) is not a success: it stops at
+    the next batch with exit status 143, notes the unfinished phase, and resumes exactly."""
+    run = tmp_path / "run"
+    code = _kill_during(run, (1, "score"), sig=signal.SIGTERM)
+    assert code == 128 + signal.SIGTERM
+    progress = json.loads((run / "state" / "progress.json").read_text())
+    assert progress["interrupted"] == {"round": 1, "phase": "policy_fit", "by": "SIGTERM"}
+    _play(run, "resume=true")
+    _assert_same_game(run, full_run)
 
 
 # ---- in-process: refusing, reprinting, extending ------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig
 
 from apo.game.players import reward_module
-from apo.losses.rm import RMObjective
+from apo.losses.rm_objective import RMObjective
 from apo.modules.backbones import build_sequence_classifier
 from apo.modules.reward import RewardModule
 from tests.conftest import sort_task
@@ -84,6 +84,7 @@ def _objective(**kw) -> RMObjective:
         human_loss="bradley_terry",
         margin=0.0,
         centering_coeff=0.0,
+        weighting="per_part",
     )
     return RMObjective(**{**base, **kw})
 

@@ -153,3 +153,37 @@ def test_every_rm_loss_is_finite_and_has_gradient(name, margin):
     loss = RM_LOSSES[name](r, s, m, margin=margin)
     loss.backward()
     assert torch.isfinite(loss) and r.grad.abs().sum() > 0 and r.grad[2, 3] == 0
+
+
+def test_rm_objective_reports_chosen_and_rejected_rewards():
+    """The RM's Bradley-Terry pairs and its APO items under TRL's RewardTrainer names."""
+    from apo.losses.rm_objective import RMObjective
+
+    objective = RMObjective(
+        kl_coeff=1.0,
+        apo_coeff=1.0,
+        apo_loss="ranking",
+        samples_per_prompt=2,
+        human_loss="bradley_terry",
+        margin=0.0,
+        centering_coeff=0.0,
+        weighting="per_part",
+    )
+    r_human = torch.tensor([[1.0, -1.0], [0.0, 0.5]])  # the second pair is ranked wrongly
+    human_scores = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    r_apo = torch.tensor([[2.0, 1.0, 3.0]])  # golden first, one sample above it
+    _, parts = objective.loss(
+        r_human,
+        human_scores,
+        torch.ones(2, 2),
+        r_apo,
+        torch.tensor([[1.0, 0.0, 0.0]]),
+        torch.ones(1, 3),
+    )
+    assert parts["rewards/chosen"].item() == pytest.approx(0.5)
+    assert parts["rewards/rejected"].item() == pytest.approx(-0.25)
+    assert parts["rewards/margins"].item() == pytest.approx(0.75)
+    assert parts["rewards/accuracies"].item() == pytest.approx(0.5)
+    assert parts["apo/rewards/chosen"].item() == pytest.approx(2.0)
+    assert parts["apo/rewards/rejected"].item() == pytest.approx(2.0)
+    assert parts["apo/rewards/accuracies"].item() == pytest.approx(0.5)

@@ -78,7 +78,9 @@ def test_slurm_launcher_follows_trainer_and_strategy(tmp_path: Path, monkeypatch
     assert p["tasks_per_node"] == cfg.trainer.devices and p["nodes"] == cfg.trainer.num_nodes == 2
     assert p["gpus_per_node"] == 2 and p["cpus_per_task"] == 8 and p["timeout_min"] == 240
     assert (p["partition"], p["account"], p["mem_gb"], p["qos"]) == ("gpu", "proj42", 64, None)
-    assert p["name"] not in ("bash", "interactive") and p["max_num_timeout"] == 0
+    assert p["name"] not in ("bash", "interactive")
+    # a job that reaches its time limit is requeued by submitit and continues its saved game
+    assert p["max_num_timeout"] == 3 and cfg.resume is True
     assert p["submitit_folder"] == f"{tmp_path}/.submitit/%j"
 
     # an explicit device count wins over the strategy's, and the allocation follows it
@@ -153,7 +155,13 @@ def test_basic_multirun_two_jobs(tmp_path: Path):
     sweep = tmp_path / "basic"
     proc = apo_train("-m", *TINY, "game.apo_coeff=0,1", f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    check_apo_coeff_jobs(sweep)
+    for value, job in zip((0, 1), check_apo_coeff_jobs(sweep)):
+        # TensorBoard names each job by its overrides: <job>/tensorboard/<overrides>/events.*
+        (run,) = [d for d in (job / "tensorboard").iterdir() if d.is_dir()]
+        assert run.name == f"experiment=tiny,game.apo_coeff={value},game.rounds=1"
+        assert list(run.glob("events.out.tfevents.*"))
+        hparams = yaml.safe_load((run / "hparams.yaml").read_text())
+        assert hparams == {"experiment": "tiny", "game.apo_coeff": value, "game.rounds": 1}
     assert (sweep / "multirun.yaml").exists()
 
 

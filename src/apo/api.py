@@ -62,7 +62,7 @@ def play(
     The run dir gets the files `apo-train` writes (`summary.json`, the rounds, `final/`, and
     `.hydra/config.yaml` + `overrides.yaml`, so `apo-report` groups API runs like CLI runs).
     The game's log (`apo.*` loggers) goes to stdout unless you set up logging yourself;
-    Lightning's banners and progress bars are switched off."""
+    Lightning's banners are switched off; the progress is `progress=auto`'s (`apo.progress`)."""
     cfg = compose_config(overrides, run_dir, config_dir)
     with game_log():
         result = run_game(cfg)

@@ -42,6 +42,8 @@ MUTABLE_KEYS = (
     "hydra",
     "game.rounds",
     "tensorboard_flush_secs",
+    "progress",
+    "progress_every_s",
 )
 _MISSING = "<missing>"
 

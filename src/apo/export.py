@@ -12,10 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from apo.modules.lora import has_lora, merged_copy
+from apo.records import umask
 
 
 def save_player(
@@ -37,8 +39,24 @@ def save_player(
     # never leaves a half-written checkpoint
     tmp, old = d.with_name(f".{d.name}.tmp"), d.with_name(f".{d.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), state_dict=state_dict)
-    tokenizer.save_pretrained(str(tmp))
+    try:
+        # a copy: save_pretrained empties the dict it is given, and a caller may save one
+        # state dict to several directories (a round's and final/)
+        model.save_pretrained(
+            str(tmp), state_dict=dict(state_dict) if state_dict is not None else None
+        )
+        tokenizer.save_pretrained(str(tmp))
+    except (OSError, SafetensorError) as e:
+        # e.g. a full disk (safetensors reports it as its own error, without the path): nothing
+        # half-written is left, and the message says where
+        shutil.rmtree(tmp, ignore_errors=True)
+        msg = f"{d}: cannot write the checkpoint ({getattr(e, 'strerror', None) or e})"
+        errno = getattr(e, "errno", None)
+        raise (OSError(errno, msg) if errno is not None else OSError(msg)) from e
+    # some writers (safetensors) make private files; give them the mode open() would
+    mask = umask()
+    for f in tmp.rglob("*"):
+        f.chmod((0o777 if f.is_dir() else 0o666) & ~mask)
     if d.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(d, old)

@@ -18,14 +18,19 @@ from apo.distributed import sharding
 log = logging.getLogger(__name__)
 
 
-class DivergenceError(FloatingPointError):
-    """A fit or a score went non-finite (or a guard limit was crossed); the message names the
-    player, the round and the step, and how to continue. `rewind_before` names the phase of the
-    round whose result is rejected (the game state goes back to before it), or None."""
+class GuardStop(RuntimeError):
+    """A guard stopped the game; the message says what crossed which limit. `rewind_before`
+    names the phase of the round whose result is rejected (the game state goes back to before
+    it), or None (the state stays after the last finished phase)."""
 
     def __init__(self, message: str, rewind_before: str | None = None) -> None:
         super().__init__(message)
         self.rewind_before = rewind_before
+
+
+class DivergenceError(GuardStop, FloatingPointError):
+    """A fit or a score went non-finite, or the policy's log-probs broke down; the message names
+    the player, the round and the step, and how to continue."""
 
 
 #: a Monte-Carlo KL per response below this is not noise but broken log-probabilities
@@ -115,6 +120,34 @@ def check_limits(metrics: dict[str, Any], guard: dict[str, Any], r: int) -> list
         )
     for msg in crossed:
         if guard["action"] == "stop":
-            raise DivergenceError(f"round {r} evaluation: {msg}; " + RESUME_HINT, "policy_fit")
+            raise GuardStop(f"round {r} evaluation: {msg}; " + RESUME_HINT, "policy_fit")
         log.warning("round %d: %s", r, msg)
     return crossed
+
+
+def check_health(metrics: dict[str, Any], guard: dict[str, Any], keys: Any) -> list[str]:
+    """After the warm start (round 0's evaluation): is the SFT policy near its demonstrations
+    (`game/warm_start_ratio` >= `game.guard.min_warm_start`) and can the base RM rank the
+    policy's own samples (its on-policy accuracy >= `game.guard.min_onpolicy_acc`; 0.5 is
+    chance)? A miss is a warning naming the numbers, or with `action: stop` a `GuardStop`."""
+    problems = []
+    ratio, acc = metrics.get("game/warm_start_ratio"), metrics.get(keys.onpolicy_acc)
+    low = guard.get("min_warm_start")
+    if low is not None and ratio is not None and math.isfinite(ratio) and ratio < low:
+        problems.append(
+            f"the warm-started policy scores {metrics[keys.reward]:.3f}, {ratio:.0%} of its "
+            f"demonstrations' {metrics['game/demo_reward']:.3f} (game.guard.min_warm_start="
+            f"{low}): the warm start did not learn the task; try a larger player "
+            "(backbone@policy.backbone=small_llama) or a longer SFT (policy.warmup.max_epochs)"
+        )
+    chance = guard.get("min_onpolicy_acc")
+    if chance is not None and acc is not None and math.isfinite(acc) and acc < chance:
+        problems.append(
+            f"the base RM ranks the policy's own samples at {keys.onpolicy_acc}={acc:.3f} "
+            f"(game.guard.min_onpolicy_acc={chance}; 0.5 is chance): it cannot judge them"
+        )
+    for msg in problems:
+        if guard["action"] == "stop":
+            raise GuardStop(f"warm start: {msg}")
+        log.warning("warm start: %s", msg)
+    return problems

@@ -22,9 +22,9 @@ from apo.data.game_data import GameData
 from apo.data.sources import has_oracle
 from apo.distributed import full_state_dict, is_global_zero
 from apo.export import save_player
-from apo.losses.rm import RMObjective
+from apo.losses.rm_objective import RMObjective
 from apo.metrics import pairwise_agreement
-from apo.modules.backbones import build_sequence_classifier
+from apo.modules.backbones import build_sequence_classifier, reading
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ TEST_RM_OBJECTIVE = RMObjective(
     human_loss="bradley_terry",
     margin=0.0,
     centering_coeff=0.0,
+    weighting="per_part",
 )
 
 
@@ -176,7 +177,8 @@ class TestRMJudge:
             if fitted:
                 model = build_sequence_classifier(instantiate(backbone), tok, int(cfg.seed) + 2)
             else:
-                model = AutoModelForSequenceClassification.from_pretrained(str(out))
+                with reading("test RM", out, "test RM"):
+                    model = AutoModelForSequenceClassification.from_pretrained(str(out))
             pooling, eos = str(cfg.rm.pooling), tok.eos_token_id
             if fitted:
                 held_out = GameDataModule(

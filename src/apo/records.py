@@ -18,21 +18,26 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     is synced and renamed over `path` (so a reader or a kill never sees half a file), else it is
     removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         # mkstemp makes the file private (0600); give it the mode open() would, under the umask
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        # a full disk or a file-size limit says neither which file nor where: say both
+        raise OSError(e.errno, f"{path}: cannot write it ({e.strerror or e})") from e
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -1,4 +1,5 @@
-"""Character-level tokenizers that built-in tasks create and save in standard `tokenizer.json` form."""
+"""The tokenizers built-in tasks create (character- or word-level), saved in standard
+`tokenizer.json` form: for your own task, return one of these from `build_tokenizer`."""
 
 from __future__ import annotations
 
@@ -30,6 +31,31 @@ def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
     # Every character is its own pre-token; the decoder glues tokens back without spaces.
     core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     core.decoder = decoders.Fuse()
+    return fast_tokenizer(core)
+
+
+def build_word_tokenizer(words: list[str] | tuple[str, ...]) -> PreTrainedTokenizerFast:
+    """A tokenizer with one token per word of `words` plus pad/bos/eos/unk: texts are split on
+    whitespace, and decoding joins the tokens with single spaces (`"ka po"` -> 2 tokens ->
+    `"ka po"`). Words must not contain whitespace; an unknown word becomes `<unk>`.
+
+    Like `build_char_tokenizer`, it saves as a `tokenizer.json` that `AutoTokenizer` loads back
+    without this package."""
+    vocab_words = list(dict.fromkeys(words))
+    if not vocab_words:
+        raise ValueError("build_word_tokenizer: no words")
+    bad = [w for w in vocab_words if not w or any(c.isspace() for c in w) or w in SPECIAL_TOKENS]
+    if bad:
+        raise ValueError(
+            f"build_word_tokenizer: words must be non-empty, without spaces and "
+            f"not a special token, got {bad[:5]}"
+        )
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for w in vocab_words:
+        vocab.setdefault(w, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # no decoder: tokens are joined with single spaces
     return fast_tokenizer(core)
 
 

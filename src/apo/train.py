@@ -56,6 +56,9 @@ def run_game(cfg: DictConfig) -> dict[str, Any]:
 
     The config is validated first (`apo.validation`): a bad value stops here, before any file
     is written (an empty run dir Hydra made for it is removed again)."""
+    from apo.progress import announce
+
+    announce(cfg)  # before the seconds the libraries take to import
     import lightning as L
 
     from apo.game import GameLoop

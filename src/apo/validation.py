@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -40,16 +40,29 @@ NonNeg = Field(ge=0)
 
 
 class Guard(_Node):
-    max_kl: float | None = Field(default=None, gt=0)
-    min_entropy: float | None = Field(default=None, ge=0)
+    max_kl: float | None = Field(gt=0)
+    min_entropy: float | None = Field(ge=0)
+    min_warm_start: float | None = Field(ge=0)
+    min_onpolicy_acc: float | None = Field(ge=0, le=1)
     action: Literal["warn", "stop"]
 
 
+NonNegFloat = Annotated[float, Field(ge=0)]
+PosFloat_ = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
 class Game(_Node):
-    rounds: int = Field(ge=1)
+    # 0 = the warm start and its evaluation only (final/ holds the warm-started players)
+    rounds: int = Field(ge=0)
     samples_per_prompt: int = Field(ge=1)
-    apo_coeff: float = NonNeg
+    #: one value, or a per-round schedule (checked against `rounds` below)
+    apo_coeff: NonNegFloat | list[NonNegFloat]
     apo_loss: Literal["ranking", "diff"]
+    apo_weighting: Literal["reference", "per_part"]
+    rm_init: Literal["base", "continue"]
+    apo_history: Literal["round", "all"] | Annotated[int, Field(ge=1)]
+    reference: Literal["fixed", "round"]
     rm_kl_coeff: float = NonNeg
     eval_samples_per_prompt: int = Field(ge=1)
     save_weights: bool
@@ -72,7 +85,8 @@ class Game(_Node):
 
 
 class Generation(_Node):
-    max_new_tokens: int = Field(ge=1)
+    # null = sized from the data (apo.data.sizing)
+    max_new_tokens: int | None = Field(ge=1)
     temperature: float = PosFloat
     top_k: int = NonNeg
     top_p: float = Field(gt=0, le=1)
@@ -123,8 +137,9 @@ class RM(Player):
 class Data(_Open):
     source: str
     sizes: dict[str, int | None]
-    max_prompt_len: int = Field(ge=2)
-    max_len: int = Field(ge=3)
+    # null = sized from the data (apo.data.sizing)
+    max_prompt_len: int | None = Field(ge=2)
+    max_len: int | None = Field(ge=3)
     predict_batch_size: int = Field(ge=1)
     overlength: Literal["truncate", "skip", "error"]
 
@@ -154,8 +169,8 @@ class Strategy(_Open):
 class Objective(_Node):
     name: str
     loss: dict[str, Any]
-    lr: float | None = Field(gt=0)
-    mixture: float = Field(ge=0, le=1)
+    lr: PosFloat_ | None | list[PosFloat_ | None]
+    mixture: Fraction | list[Fraction]
 
 
 class Train(_Open):
@@ -172,6 +187,8 @@ class Train(_Open):
     resume: bool
     resume_allow: list[str]
     tensorboard_flush_secs: float = PosFloat
+    progress: Literal["auto", "rich", "lines", "off"]
+    progress_every_s: float | None = Field(gt=0)
 
 
 #: the options of each policy objective, with their ranges (`tests/test_validation.py` keeps
@@ -192,8 +209,36 @@ _options("dpo", beta=(float, PosFloat), label_smoothing=(float, Field(ge=0, le=0
 _options("ipo", beta=(float, PosFloat), pairs=_pairs)
 _options("slic", delta=(float, NonNeg), reg_weight=(float, NonNeg), pairs=_pairs)
 _options("lipo", beta=(float, PosFloat))
-#: objectives that learn from preferences between a prompt's samples: K must be >= 2
-PAIRWISE = ("rrhf", "dpo", "ipo", "slic", "lipo")
+_kl = dict(beta=(float, NonNeg), kl_estimator=(Literal["k1", "k3"], ...))
+_options(
+    "rloo",
+    **_kl,
+    kl_in=(Literal["reward", "loss"], ...),
+    clip=(float | None, ...),
+    epochs=(int, Field(ge=1)),
+)
+_options(
+    "grpo",
+    **_kl,
+    kl_in=(Literal["reward", "loss"], ...),
+    clip=(float | None, ...),
+    epochs=(int, Field(ge=1)),
+    scale_std=(bool, ...),
+)
+_options(
+    "ppo",
+    **_kl,
+    clip=(float, PosFloat),
+    value_clip=(float | None, ...),
+    gamma=(float, Field(gt=0, le=1)),
+    lam=(float, Field(ge=0, le=1)),
+    vf_coeff=(float, NonNeg),
+    epochs=(int, Field(ge=1)),
+    minibatches=(int, Field(ge=1)),
+)
+#: objectives that learn from a prompt's several samples (pairs of them, or a group baseline):
+#: K must be >= 2
+PAIRWISE = ("rrhf", "dpo", "ipo", "slic", "lipo", "rloo", "grpo")
 
 
 # ---- checking ------------------------------------------------------------------------------------
@@ -222,6 +267,7 @@ def _raise(err: ValidationError, tree: Any, prefix: str = "") -> None:
     for e in err.errors():
         key, value = _key_and_value(tree, e["loc"], e["type"] == "missing")
         msg = {"extra_forbidden": "unknown key", "missing": "missing"}.get(e["type"], e["msg"])
+        msg = msg.removeprefix("Value error, ")
         lines.setdefault(prefix + key, f"{prefix + key}={value!r}: {msg}")
     raise ConfigError("invalid config: " + "; ".join(lines.values())) from None
 
@@ -242,20 +288,12 @@ def _positions(player: str, node: dict[str, Any]) -> tuple[int | None, str]:
     return c.get("max_position_embeddings") or c.get("n_positions"), str(config)
 
 
-def _cross_checks(c: dict[str, Any]) -> None:
-    g, o, d, policy = c["game"], c["objective"], c["data"], c["policy"]
-    k = g["samples_per_prompt"]
-    if o["name"] in PAIRWISE and k < 2:
-        raise ConfigError(
-            f"game.samples_per_prompt={k}: objective={o['name']} learns from pairs of a prompt's "
-            "samples, so it needs at least 2"
-        )
-    if o["name"] == "rjs" and o["loss"].get("top_n", 1) > k:
-        raise ConfigError(
-            f"objective.loss.top_n={o['loss']['top_n']}: more than the {k} samples per prompt "
-            "(game.samples_per_prompt)"
-        )
-    new = policy["generation"]["max_new_tokens"]
+def check_sizes(c: dict[str, Any]) -> None:
+    """The token budgets against each other and the players' context lengths; budgets still
+    `null` (sized from the data once it exists, `apo.data.sizing`) are checked then."""
+    d, new = c["data"], c["policy"]["generation"]["max_new_tokens"]
+    if None in (d["max_prompt_len"], d["max_len"], new):
+        return
     if d["max_len"] < d["max_prompt_len"] + new:
         raise ConfigError(
             f"data.max_len={d['max_len']}: below data.max_prompt_len ({d['max_prompt_len']}) + "
@@ -271,6 +309,23 @@ def _cross_checks(c: dict[str, Any]) -> None:
                 f"({where}) has max_position_embeddings={limit}; lower data.max_len / "
                 "data.max_prompt_len / policy.generation.max_new_tokens or use a longer model"
             )
+
+
+def _cross_checks(c: dict[str, Any]) -> None:
+    g, o = c["game"], c["objective"]
+    k = g["samples_per_prompt"]
+    if o["name"] in PAIRWISE and k < 2:
+        raise ConfigError(
+            f"game.samples_per_prompt={k}: objective={o['name']} learns from pairs of a prompt's "
+            "samples, so it needs at least 2"
+        )
+    top_n = o["loss"].get("top_n", 1) if o["name"] == "rjs" else 1
+    if max(top_n if isinstance(top_n, list) else [top_n], default=1) > k:
+        raise ConfigError(
+            f"objective.loss.top_n={top_n}: more than the {k} samples per prompt "
+            "(game.samples_per_prompt)"
+        )
+    check_sizes(c)
     strategies = {"strategy": c["strategy"]}
     for key in ("rm_strategy", "policy_strategy"):
         if c.get(key):
@@ -281,6 +336,21 @@ def _cross_checks(c: dict[str, Any]) -> None:
                 f"{key}.devices={s['devices']}: strategy auto runs one process; pick ddp, fsdp "
                 "or a deepspeed strategy for several"
             )
+
+
+def _check_schedules(c: dict[str, Any]) -> None:
+    """Every per-round schedule has one value per round (`apo.game.plan.per_round`)."""
+    from apo.game.plan import per_round
+
+    rounds = c["game"]["rounds"]
+    keys = {"game.apo_coeff": c["game"]["apo_coeff"], "objective.lr": c["objective"]["lr"]}
+    keys["objective.mixture"] = c["objective"]["mixture"]
+    keys |= {f"objective.loss.{k}": v for k, v in c["objective"]["loss"].items()}
+    for key, value in keys.items():
+        try:
+            per_round(value, rounds, key)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_trainer_args(c: dict[str, Any]) -> None:
@@ -327,10 +397,15 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     name = tree["objective"]["name"]
     if name not in OBJECTIVE_OPTIONS or name not in POLICY_OBJECTIVES:
         raise ConfigError(f"objective.name={name!r}: unknown; known: {sorted(OBJECTIVE_OPTIONS)}")
-    try:
-        OBJECTIVE_OPTIONS[name].model_validate(tree["objective"]["loss"])
-    except ValidationError as e:
-        _raise(e, tree["objective"]["loss"], prefix="objective.loss.")
+    _check_schedules(tree)
+    rounds, loss = tree["game"]["rounds"], tree["objective"]["loss"]
+    for r in range(max(rounds, 1)):
+        # each round's options (a per-round schedule gives each round its own)
+        options = {k: v[r] if isinstance(v, list) and rounds else v for k, v in loss.items()}
+        try:
+            OBJECTIVE_OPTIONS[name].model_validate(options)
+        except ValidationError as e:
+            _raise(e, options, prefix="objective.loss.")
     _cross_checks(tree)
     _check_trainer_args(tree)
     return tree

@@ -97,6 +97,11 @@ class Encoder:
         budget = self.max_prompt_len - len(self.bos) - len(self.sep_ids)
         return self.bos + ids[-budget:] + self.sep_ids
 
+    def prompt_length(self, text: str, messages: Sequence[dict[str, str]] | None = None) -> int:
+        """The prompt's length before left truncation (bos, the rendered text, the separator)."""
+        ids = self.tok(self.render(text, messages), add_special_tokens=False)["input_ids"]
+        return len(self.bos) + len(ids) + len(self.sep_ids)
+
     def response(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
 

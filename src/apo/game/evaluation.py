@@ -3,7 +3,8 @@ pairs, judged by the game's judge. It returns numbers and records; it writes not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,6 +29,9 @@ class Evaluation:
     calibration: dict[str, Any]
     #: per test prompt, the mean judge score (the next round's win rate compares with it)
     judge_by_prompt: dict[str, float]
+    #: the RM's scores by what it scored (`test_samples`: the policy's test samples;
+    #: `val_chosen` / `val_rejected`: the held-out human pairs), for histograms
+    rm_scores: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Evaluator:
@@ -40,6 +44,9 @@ class Evaluator:
         seed: the evaluation of round r samples from `seed * 10007 + 5000 + r`.
         calibration_bins: uniform bins of `sigmoid(r_i - r_j)` for ECE / ACE / MCE.
     """
+
+    #: demonstrations the judge scores at round 0 (a sample keeps a test RM's cost small)
+    DEMOS = 512
 
     def __init__(
         self,
@@ -114,6 +121,14 @@ class Evaluator:
             m[keys.exact_match] = mean([float(o == 1.0) for o in flat("judge")])
         if r > 0:
             m.update(self.sample_metrics(samples["policy"]))
+        else:  # the warm start's health: the SFT policy against its own demonstrations
+            demos = [
+                {"prompt": p, "texts": [d], "responses": [dm.enc.response(d)[:-1]]}
+                for p, d in data.sft[: self.DEMOS]
+            ]
+            demo = mean([s for row in self.judge.score(demos) for s in row])
+            m["game/demo_reward"] = demo
+            m["game/warm_start_ratio"] = m[keys.reward] / demo if demo > 0 else math.nan
         if keys.val_acc:
             judged = self.judge.score(
                 [{"prompt": it.prompt, "texts": it.responses} for it in data.human_val]
@@ -127,7 +142,23 @@ class Evaluator:
                 for p in shared
             ]
             m[keys.win_rate_vs_prev] = mean(wins)
-        return Evaluation(metrics=m, test=test, calibration=calib, judge_by_prompt=now)
+        return Evaluation(
+            metrics=m,
+            test=test,
+            calibration=calib,
+            judge_by_prompt=now,
+            rm_scores={"test_samples": flat("rm_scores"), **self.chosen_rejected(val_rewards)},
+        )
+
+    def chosen_rejected(self, val_rewards: list[list[float]]) -> dict[str, list[float]]:
+        """The held-out pairs' rewards split into the annotators' chosen response (the highest
+        label of an item, the first among ties) and the others."""
+        chosen, rejected = [], []
+        for rewards, item in zip(val_rewards, self.dm.data.human_val):
+            best = max(range(len(rewards)), key=lambda j: item.scores[j])
+            chosen.append(rewards[best])
+            rejected += [r for j, r in enumerate(rewards) if j != best]
+        return {"val_chosen": chosen, "val_rejected": rejected}
 
     def calibration(self, rewards: list[list[float]], scores: list[list[float]]) -> dict:
         """ECE / ACE / MCE of sigmoid(r_i - r_j) on the human pairs (both orientations)."""

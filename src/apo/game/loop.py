@@ -14,20 +14,26 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from apo import checkpoint
-from apo.data.sources import build_game_data, build_tokenizer, check_lengths, has_oracle
+from apo.config import plain
+from apo.data.budgets import check_budgets, check_unknown_tokens
+from apo.data.sizing import resolve_sizes
+from apo.data.sources import build_game_data, build_tokenizer, has_oracle
 from apo.distributed import full_state_dict, gather_objects, is_global_zero
+from apo.game import human_pairs
 from apo.game.evaluation import Evaluator
 from apo.game.outputs import RoundWriter, write_run_config
 from apo.game.phases import PHASES, START_PHASES, Phase
 from apo.game.plan import build_plan
-from apo.game.players import build_datamodule, build_players
+from apo.game.players import build_datamodule, build_players, check_positions
 from apo.game.state import GameState
 from apo.game.trainers import Trainers, timed
-from apo.guards import DivergenceError
+from apo.guards import GuardStop
 from apo.judges import build_judge
-from apo.logger import GameTensorBoardLogger
+from apo.logger import GameTensorBoardLogger, hydra_job, run_name
 from apo.preemption import Preempted, StopSignals
+from apo.progress import GameWatch
 from apo.records import format_table
+from apo.validation import check_sizes
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +50,28 @@ class GameLoop:
         self.task = instantiate(cfg.task)
         data = build_game_data(cfg, self.task)
         task_tokenizer = build_tokenizer(cfg, self.task, data)
-        if not has_oracle(cfg):
-            check_lengths(data, task_tokenizer, cfg.data)
-        self.plan = build_plan(cfg)
         self.players = build_players(cfg, task_tokenizer)
+        # budgets left null are sized from the data (in each player's tokens), then checked
+        # like set ones
+        tokenizers = {"policy": self.players.tokenizer, "rm": self.players.rm_tokenizer}
+        resolve_sizes(cfg, data, tokenizers)
+        check_sizes({k: plain(cfg[k]) for k in ("data", "policy", "rm")})
+        check_positions(cfg, self.players)
+        self.plan = build_plan(cfg)
         self.dm = build_datamodule(cfg, data, self.players)
+        # every text against its token budget, before anything runs (nothing is cut silently)
+        where = data.meta.get("file") or f"task {type(self.task).__name__}"
+        if has_oracle(cfg) and cfg.policy.model_name_or_path is None:
+            check_unknown_tokens(self.dm, where)
+        new = int(cfg.policy.generation.max_new_tokens)
+        data.meta.update(check_budgets(self.dm, new, str(cfg.data.overlength), where))
         self.logger = GameTensorBoardLogger(
-            str(self.run_dir), flush_secs=cfg.tensorboard_flush_secs
+            str(self.run_dir),
+            version=run_name(self.run_dir, hydra_job(self.run_dir)),
+            flush_secs=cfg.tensorboard_flush_secs,
         )
-        self.trainers = Trainers(cfg, self.logger, self.run_dir)
+        self.watch = GameWatch(cfg, self)  # progress on the terminal or in the log
+        self.trainers = Trainers(cfg, self.logger, self.run_dir, self.watch.callbacks)
         self.judge = build_judge(cfg, self.task, self.dm, self.trainers, self.run_dir)
         self.evaluator = Evaluator(
             self.plan,
@@ -100,13 +119,14 @@ class GameLoop:
             if first == 0:
                 self.players.tokenizer.save_pretrained(str(self.run_dir / "tokenizer"))
         saving = 0.0
-        with StopSignals() as signals:
+        with StopSignals() as signals, self.watch.watch_game(schedule, first):
             for r, phase in schedule[first:]:
                 try:
-                    self.play_timed(r, phase)
+                    with self.watch.watch_phase(r, phase):
+                        self.play_timed(r, phase)
                 except SIGTERMException:
                     self.stop(signals.received or signal.SIGTERM, r, phase, finished=False)
-                except DivergenceError as e:
+                except GuardStop as e:
                     self.reject(e, r)
                     raise
                 t1 = time.perf_counter()
@@ -136,7 +156,7 @@ class GameLoop:
         else:
             phase.run(self, r)
 
-    def reject(self, error: DivergenceError, r: int) -> None:
+    def reject(self, error: GuardStop, r: int) -> None:
         """Say where the saved game stands after a divergence. When a guard rejects round `r`'s
         `error.rewind_before` phase (e.g. a policy fit that broke the policy's log-probs), the
         game state goes back to before it, so a resume plays that phase again."""
@@ -178,7 +198,7 @@ class GameLoop:
         rng = [g[0] for g in gathered]
         stop = next((g[1] for g in gathered if g[1] is not None), None)
         models = self.players.models()
-        weights = {n: full_state_dict(models[n]) for n in phase.changes}
+        weights = {n: full_state_dict(models[n]) for n in phase.changes if models[n] is not None}
         if not is_global_zero():
             return stop
         record = {
@@ -246,6 +266,11 @@ class GameLoop:
         players.rm.load_state_dict(w["rm"])
         players.snapshot_reference()
         players.ref.load_state_dict(w["ref"])
+        if "rm_base" in w:
+            players.snapshot_rm_base()
+            players.rm_base.load_state_dict(w["rm_base"])
+        if self.state.human_pairs is not None:
+            human_pairs.apply(self, self.state.human_pairs)
         if prepared and self.judge.needs_prepare:
             self.judge.prepare()
         checkpoint.restore_rng_states(saved["rng"])

@@ -86,8 +86,23 @@ class RoundWriter:
         self.export(players, weights, dirs)
         write_json(self.run_dir / "summary.json", summary)
         self.logger.log_round(
-            {k: v for k, v in m.items() if k != "round"}, r, {"policy/samples": self.text(ev.test)}
+            {k: v for k, v in m.items() if k != "round"},
+            r,
+            {"policy/samples": self.text(ev.test)},
+            histograms=self.histograms(ev, samples if r > 0 else {}),
+            images={"rm/val/reliability": _read_png(d / "reliability.png")},
         )
+
+    def histograms(
+        self, ev: Evaluation, samples: dict[str, list[dict[str, Any]]]
+    ) -> dict[str, list[float]]:
+        """The round's RM scores for TensorBoard's histograms: on the policy's test samples, on
+        this round's training samples of each split, on the held-out pairs' chosen and rejected
+        responses."""
+        out = {f"rm/scores/{k}": v for k, v in ev.rm_scores.items()}
+        for split, recs in samples.items():
+            out[f"rm/scores/{split}_samples"] = [x for rec in recs for x in rec["rm_scores"]]
+        return out
 
     def rows(self, r: int, recs: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
         """One JSONL row per sample: prompt, response, RM score, judge score (and log-probs)."""
@@ -149,3 +164,10 @@ def write_run_config(run_dir: Path, cfg: Any) -> None:
     for name, text in files.items():
         with atomic_file(Path(run_dir) / ".hydra" / name) as f:
             f.write(text)
+
+
+def _read_png(path: Path) -> Any:
+    """An RGB array `[H, W, 3]` of a PNG the round wrote, for TensorBoard's images."""
+    from matplotlib.image import imread
+
+    return imread(path)[..., :3]

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from apo import warm_cache
 from apo.config import plain
 from apo.distributed import full_state_dict, is_global_zero
+from apo.game import human_pairs
 from apo.game.trainers import timed
-from apo.guards import check_finite, check_limits
+from apo.guards import check_finite, check_health, check_limits
 from apo.losses.objectives import SFT
 
 if TYPE_CHECKING:
@@ -69,9 +70,11 @@ def phase(
 
 
 # ---- round 0 ---------------------------------------------------------------------------------
-@phase("warm_start", changes=("policy", "ref", "rm"))
+@phase("warm_start", changes=("policy", "ref", "rm", "rm_base"))
 def warm_start(game: GameLoop, r: int) -> None:
-    """SFT the policy on (noisy) demonstrations, freeze it as the reference, fit the base RM.
+    """SFT the policy on (noisy) demonstrations and freeze it as the reference; with
+    `data.human_pairs_from: policy`, the annotators label pairs of its own samples; fit the base
+    RM on the human pairs (and keep it, with `game.rm_init: base`).
 
     With `game.warm_start_cache` set, a warm start with the same key is loaded instead of
     fitted (see `apo.warm_cache`), and a fitted one is saved there for the next job."""
@@ -83,18 +86,27 @@ def warm_start(game: GameLoop, r: int) -> None:
         players.policy.load_state_dict(cached["policy"])
         players.rm.load_state_dict(cached["rm"])
         state.steps = dict(cached["steps"])
+        state.human_pairs = cached.get("human_pairs")
+        if state.human_pairs is not None:
+            human_pairs.apply(game, state.human_pairs)
         log.info("warm start %s loaded from %s", key, cache_dir)
     else:
         sft = players.policy_module(SFT, log_prefix="policy/sft")
         _fit(game, r, "policy", "warmup", sft, game.dm.sft_loader())
+        if game.cfg.data.get("human_pairs_from") == "policy":
+            state.human_pairs = human_pairs.collect(game)
+            human_pairs.apply(game, state.human_pairs)
         base_rm = players.rm_module(game.plan.warm_rm, log_prefix="rm/base")
         _fit(game, r, "rm", "warmup", base_rm, game.dm.rm_loader())
         if cache_dir:
             # gathered on every rank (a collective for sharded players), written by rank 0
             weights = {"policy": full_state_dict(players.policy), "rm": full_state_dict(players.rm)}
             if is_global_zero():
-                warm_cache.save(cache_dir, key, {**weights, "steps": state.steps})
+                extra = {"human_pairs": state.human_pairs} if state.human_pairs else {}
+                warm_cache.save(cache_dir, key, {**weights, "steps": state.steps, **extra})
     players.snapshot_reference()
+    if game.cfg.game.rm_init == "base":
+        players.snapshot_rm_base()
 
 
 @phase("prepare_judge", enabled=lambda game: game.judge.needs_prepare)
@@ -121,13 +133,25 @@ def evaluate(game: GameLoop, r: int) -> None:
     state.summary.append(m)
     state.prev_judge = ev.judge_by_prompt
     summary = {"rounds": state.summary, "data": {**game.dm.data.meta, **state.judge_info}}
+    if state.config_changes:
+        summary["config_changes"] = state.config_changes
     final = r == int(game.cfg.game.rounds)
     game.writer.write_round(r, ev, state.samples, game.players, final, summary)
     # after the round's files, so the numbers that tripped a guard are there to read
-    check_limits(m, plain(game.cfg.game.guard), r)
+    guard = plain(game.cfg.game.guard)
+    check_limits(m, guard, r)
+    if r == 0:
+        check_health(m, guard, game.judge.keys)
 
 
 # ---- a round ---------------------------------------------------------------------------------
+@phase("new_reference", changes=("ref",), enabled=lambda game: game.cfg.game.reference == "round")
+def new_reference(game: GameLoop, r: int) -> None:
+    """`game.reference: round`: pi_ref becomes the policy as it starts the round (iterative
+    DPO); the round's reference log-probs and KL are against it."""
+    game.players.snapshot_reference()
+
+
 @phase("generate", timed=False)
 def generate(game: GameLoop, r: int) -> None:
     """K fresh samples per prompt of the RM and policy splits from the current policy."""
@@ -141,6 +165,13 @@ def generate(game: GameLoop, r: int) -> None:
             game.trainers.make("policy"), policy, game.plan.samples_per_prompt
         )
     state.ref_logps = None
+    history = game.cfg.game.apo_history
+    if history != "round":
+        # this round's RM-split samples join the APO pool; `all` keeps every round, N the last N
+        kept = [{"prompt": x["prompt"], "responses": x["responses"]} for x in state.samples["rm"]]
+        state.apo_pool.append({"round": r, "records": kept})
+        if history != "all":
+            state.apo_pool = state.apo_pool[-int(history) :]
     tokens = sum(
         len(ids) + 1 for recs in state.samples.values() for rec in recs for ids in rec["responses"]
     )
@@ -151,9 +182,16 @@ def generate(game: GameLoop, r: int) -> None:
 
 @phase("rm_fit", changes=("rm",))
 def rm_fit(game: GameLoop, r: int) -> None:
-    """The adversarial RM step: human pairs, and golden answers against this round's samples."""
-    objective = game.plan.round(r).rm
-    apo = game.state.samples["rm"] if objective.serves_apo else None
+    """The adversarial RM step: human pairs, and golden answers against the policy's samples
+    (this round's, or those of `game.apo_history`), from the warm-start RM (`game.rm_init:
+    base`) or from last round's RM (`continue`)."""
+    objective, state = game.plan.round(r).rm, game.state
+    apo = None
+    if objective.serves_apo:
+        pool = [rec for entry in state.apo_pool for rec in entry["records"]]
+        apo = pool if game.cfg.game.apo_history != "round" else state.samples["rm"]
+    if game.cfg.game.rm_init == "base":
+        game.players.restart_rm()
     module = game.players.rm_module(objective, log_prefix="rm/train")
     _fit(game, r, "rm", "round", module, game.dm.rm_loader(apo))
 
@@ -176,7 +214,7 @@ def score(game: GameLoop, r: int) -> None:
 
 
 def _needs_reference(game: GameLoop) -> bool:
-    return any(p.policy.needs_reference for p in game.plan.rounds)
+    return any(p.policy.needs_reference and not p.policy.online for p in game.plan.rounds)
 
 
 @phase("reference", enabled=_needs_reference)
@@ -198,16 +236,34 @@ def reference(game: GameLoop, r: int) -> None:
 def policy_fit(game: GameLoop, r: int) -> None:
     """Align the policy on its RM-scored samples with the round's objective."""
     plan, state = game.plan.round(r), game.state
+    if plan.policy.online:  # RLOO, GRPO, PPO: sample, score and update at every step
+        from apo.game.online import online_fit
+
+        module, loader = online_fit(game, r, plan)
+        try:
+            # manual optimisation clips its own gradients (Lightning refuses to)
+            _fit(game, r, "policy", "round", module, loader, {"gradient_clip_val": None})
+        finally:
+            game.players.rm.requires_grad_(True)
+        return
     selected = plan.policy.select(state.samples["policy"])
     module = game.players.policy_module(plan.policy, lr=plan.lr, log_prefix="policy/train")
     _fit(game, r, "policy", "round", module, game.dm.policy_loader(selected, state.ref_logps))
 
 
 # ---- shared by the fits ----------------------------------------------------------------------
-def _fit(game: GameLoop, r: int, player: str, stage: str, module: Any, loader: Any) -> None:
-    """Fit `player` in round `r` with a fresh `stage` Trainer; its steps and last metrics go
-    into the state."""
+def _fit(
+    game: GameLoop,
+    r: int,
+    player: str,
+    stage: str,
+    module: Any,
+    loader: Any,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Fit `player` in round `r` with a fresh `stage` Trainer (and `settings`); its steps and
+    last metrics go into the state."""
     state = game.state
-    result = game.trainers.fit(player, stage, module, loader, state.steps[player], r)
+    result = game.trainers.fit(player, stage, module, loader, state.steps[player], r, settings)
     state.steps[player] += result.steps
     state.last_fit[player] = result.metrics

@@ -4,12 +4,13 @@ policy samples, per round. Phases read it; nothing is configured on a module bet
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from apo.config import plain
 from apo.losses.objectives import PolicyObjective, policy_objective
-from apo.losses.rm import RMObjective
+from apo.losses.rm_objective import RMObjective
 from apo.modules.sampling import SamplingSpec
 
 
@@ -48,16 +49,32 @@ class GamePlan:
         return self.rounds[r - 1]
 
 
-def rm_objective(game: DictConfig) -> RMObjective:
-    """The RM fit's objective from the `game` config group (the one place that reads it)."""
+def per_round(value: Any, rounds: int, key: str) -> list[Any]:
+    """A per-round schedule: a list of `rounds` values (round 1 first), or one value for every
+    round. A list of another length is an error naming `key`."""
+    if isinstance(value, list | tuple | ListConfig):
+        values = list(value)
+        if len(values) != rounds:
+            raise ValueError(
+                f"{key}={values}: a per-round schedule needs one value per round "
+                f"(game.rounds={rounds}), got {len(values)}"
+            )
+        return values
+    return [value] * rounds
+
+
+def rm_objective(game: DictConfig, apo_coeff: float | None = None) -> RMObjective:
+    """The RM fit's objective from the `game` config group (the one place that reads it);
+    `apo_coeff` is this round's value of a per-round `game.apo_coeff`."""
     return RMObjective(
         kl_coeff=float(game.rm_kl_coeff),
-        apo_coeff=float(game.apo_coeff),
+        apo_coeff=float(game.apo_coeff if apo_coeff is None else apo_coeff),
         apo_loss=str(game.apo_loss),
         samples_per_prompt=int(game.samples_per_prompt),
         human_loss=str(game.rm_loss),
         margin=float(game.rm_margin),
         centering_coeff=float(game.rm_centering_coeff),
+        weighting=str(game.apo_weighting),
     )
 
 
@@ -73,19 +90,29 @@ def sampling_spec(generation: DictConfig, mixture: float) -> SamplingSpec:
 
 
 def build_plan(cfg: DictConfig) -> GamePlan:
-    """The game's plan from the composed config (`game`, `objective`, `policy.generation`)."""
-    g, obj = cfg.game, cfg.objective
-    rm = rm_objective(g)
-    policy = policy_objective(str(obj.name), **(plain(obj.get("loss")) or {}))
-    lr = None if obj.get("lr") is None else float(obj.lr)
+    """The game's plan from the composed config (`game`, `objective`, `policy.generation`).
+
+    `game.apo_coeff`, `objective.lr`, `objective.mixture` and every `objective.loss.*` option
+    may be a per-round schedule (a list of `game.rounds` values), e.g. the paper's decreasing
+    policy rates `objective.lr=[5e-6,2e-6,9e-7]`."""
+    g, obj, n = cfg.game, cfg.objective, int(cfg.game.rounds)
+    c_apo = per_round(g.apo_coeff, n, "game.apo_coeff")
+    lrs = per_round(obj.get("lr"), n, "objective.lr")
+    mixtures = per_round(obj.mixture, n, "objective.mixture")
+    options = {
+        k: per_round(v, n, f"objective.loss.{k}") for k, v in (obj.get("loss") or {}).items()
+    }
     rounds = tuple(
         RoundPlan(
-            rm=rm, policy=policy, lr=lr, sampling=sampling_spec(cfg.policy.generation, obj.mixture)
+            rm=rm_objective(g, c_apo[i]),
+            policy=policy_objective(str(obj.name), **{k: plain(v[i]) for k, v in options.items()}),
+            lr=None if lrs[i] is None else float(lrs[i]),
+            sampling=sampling_spec(cfg.policy.generation, mixtures[i]),
         )
-        for _ in range(int(g.rounds))
+        for i in range(n)
     )
     return GamePlan(
-        warm_rm=replace(rm, apo_coeff=0.0),
+        warm_rm=replace(rm_objective(g, 0.0), apo_coeff=0.0),
         rounds=rounds,
         eval_sampling=sampling_spec(cfg.policy.generation, 0.0),
         samples_per_prompt=int(g.samples_per_prompt),

@@ -3,6 +3,7 @@ tokenizers), the DataModule they share, and the one place that wraps them in Lig
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,8 @@ from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
 from apo.distributed import plain_copy, skeleton
 from apo.losses.objectives import PolicyObjective
-from apo.losses.rm import RMObjective
-from apo.modules.backbones import build_player
+from apo.losses.rm_objective import RMObjective
+from apo.modules.backbones import build_player, check_model_positions
 from apo.modules.policy import PolicyModule
 from apo.modules.reward import RewardModule
 from apo.modules.sampling import SamplingSpec
@@ -52,22 +53,38 @@ class Players:
     rm_optimizer: Optimizer
     #: the frozen reference `pi_ref`, made by `snapshot_reference` after the warm start
     ref: nn.Module | None = None
-    #: the policy's architecture without weights, to copy the reference from once the policy is
-    #: sharded (taken before any fit; not a submodule, so no engine wraps it)
+    #: the warm-start RM, kept to start every round's RM fit from (`game.rm_init: base`)
+    rm_base: nn.Module | None = None
+    #: the players' architectures without weights, to copy the reference (and the base RM) from
+    #: once the players are sharded (taken before any fit; not submodules, so no engine wraps
+    #: them)
     skeleton: nn.Module | None = field(default=None, repr=False)
+    rm_skeleton: nn.Module | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.skeleton is None:
             self.skeleton = skeleton(self.policy)
+        if self.rm_skeleton is None:
+            self.rm_skeleton = skeleton(self.rm)
 
     def snapshot_reference(self) -> None:
         """Freeze a copy of the current policy as `pi_ref` (a collective if it is sharded)."""
         self.ref = plain_copy(self.policy, self.skeleton).eval()
         self.ref.requires_grad_(False)
 
+    def snapshot_rm_base(self) -> None:
+        """Keep a plain copy of the current (warm-start) RM to restart from."""
+        self.rm_base = plain_copy(self.rm, self.rm_skeleton)
+
+    def restart_rm(self) -> None:
+        """The RM becomes a fresh copy of the warm-start RM (the next fit shards it anew)."""
+        if self.rm_base is None:
+            raise RuntimeError("restart_rm before the warm start kept the base RM")
+        self.rm = copy.deepcopy(self.rm_base)
+
     def models(self) -> dict[str, nn.Module | None]:
         """The weights a game state saves, by name."""
-        return {"policy": self.policy, "ref": self.ref, "rm": self.rm}
+        return {"policy": self.policy, "ref": self.ref, "rm": self.rm, "rm_base": self.rm_base}
 
     def rm_module(
         self, objective: RMObjective | None = None, log_prefix: str | None = None
@@ -102,11 +119,7 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
     """Each player: a tiny model from `backbone` with the task's tokenizer, or a checkpoint
     directory (`model_name_or_path`) with its own tokenizer. The policy is built first (from
     `seed`), then the RM (from `seed + 1`)."""
-    d = cfg.data
-    positions = max(d.max_len, d.max_prompt_len + int(cfg.policy.generation.max_new_tokens))
-    policy, tokenizer = build_player(
-        "policy", cfg.policy, cfg.seed, task_tokenizer, positions=positions
-    )
+    policy, tokenizer = build_player("policy", cfg.policy, cfg.seed, task_tokenizer)
     same = cfg.rm.get("model_name_or_path") == cfg.policy.get("model_name_or_path")
     rm, rm_tokenizer = build_player(
         "rm",
@@ -114,7 +127,6 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         cfg.seed + 1,
         tokenizer if same else task_tokenizer,
         own_tokenizer=not same,
-        positions=d.max_len,
     )
     return Players(
         policy=policy,
@@ -125,6 +137,20 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         policy_optimizer=instantiate(cfg.policy.optimizer),
         rm_optimizer=instantiate(cfg.rm.optimizer),
     )
+
+
+def check_positions(cfg: DictConfig, players: Players) -> None:
+    """Each checkpoint player against the longest sequence the game feeds it (once the token
+    budgets are known; a tiny player's positions are checked with the config)."""
+    d = cfg.data
+    needed = {
+        "policy": max(d.max_len, d.max_prompt_len + int(cfg.policy.generation.max_new_tokens)),
+        "rm": d.max_len,
+    }
+    for kind, model in (("policy", players.policy), ("rm", players.rm)):
+        path = cfg[kind].get("model_name_or_path")
+        if path is not None:
+            check_model_positions(model, int(needed[kind]), f"{kind}.model_name_or_path", path)
 
 
 def build_datamodule(cfg: DictConfig, data: GameData, players: Players) -> GameDataModule:

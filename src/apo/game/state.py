@@ -31,6 +31,12 @@ class GameState:
     generation_seed: int = 0
     #: per test prompt, the last evaluation's mean judge score (win rates against it)
     prev_judge: dict[str, float] | None = None
+    #: earlier rounds' samples of the RM split still in the APO term (`game.apo_history`):
+    #: `{"round": r, "records": [...]}`, oldest first
+    apo_pool: list[dict[str, Any]] = field(default_factory=list)
+    #: the human pairs when they come from the warm-started policy (`data.human_pairs_from:
+    #: policy`): part (`human_train`, `human_val`) -> `[{"prompt", "responses", "scores"}]`
+    human_pairs: dict[str, list[dict[str, Any]]] | None = None
     #: what the judge's preparation reported (the test RM's accuracy, its fit time)
     judge_info: dict[str, float] = field(default_factory=dict)
     #: config changes a resume was allowed to make (`resume_allow`): after which phase, what

@@ -4,7 +4,7 @@ players' step counters continued across fits, and the phase timers."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +36,19 @@ class Trainers:
             `<player>.warmup` / `<player>.round`).
         logger: the game's TensorBoard logger, shared by every fit.
         run_dir: the Trainers' `default_root_dir`.
+        callbacks: `callbacks(player, stage)` gives further callbacks for every Trainer made
+            (the game's progress display, `apo.progress`); None = none.
     """
 
-    def __init__(self, cfg: DictConfig, logger: GameTensorBoardLogger, run_dir: Path) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        logger: GameTensorBoardLogger,
+        run_dir: Path,
+        callbacks: Callable[[str, str | None], list[L.Callback]] | None = None,
+    ) -> None:
         self.cfg, self.logger, self.run_dir = cfg, logger, Path(run_dir)
+        self.callbacks = callbacks
 
     def make(
         self,
@@ -51,6 +60,7 @@ class Trainers:
         """A fresh Trainer for `player`; `stage` (`warmup` / `round`) adds that fit's settings
         and the game's logger, None makes a prediction Trainer; `settings` are further Trainer
         arguments."""
+        from lightning.pytorch.callbacks import ProgressBar
         from lightning.pytorch.plugins.environments import SLURMEnvironment
 
         from apo.strategies import build_strategy
@@ -66,6 +76,9 @@ class Trainers:
         # the game saves and resumes itself: Lightning's SLURM auto-requeue (an .ckpt on
         # SIGUSR1 and `scontrol requeue`) must not run beside it
         plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+        callbacks = [*(callbacks or []), *(self.callbacks(player, stage) if self.callbacks else [])]
+        if any(isinstance(c, ProgressBar) for c in callbacks):
+            tcfg["enable_progress_bar"] = True  # the display brought its own bar
         return L.Trainer(
             **tcfg,
             strategy=strategy,
@@ -83,15 +96,19 @@ class Trainers:
         loader: Any,
         step_offset: int,
         round_idx: int,
+        settings: dict[str, Any] | None = None,
     ) -> FitResult:
         """Fit `module` on `loader` with a fresh `stage` Trainer; its logged steps start at
         `step_offset`, so a player's steps continue across fits in TensorBoard. A non-finite
         loss or gradient stops the fit with a `DivergenceError` naming player, round and step."""
         from apo.guards import FiniteGuard
+        from apo.monitors import FitMonitor
 
         self.logger.step_offset = step_offset
         guard = FiniteGuard(player, round_idx, step_offset, module.log_prefix)
-        trainer = self.make(player, stage, callbacks=[guard])
+        trainer = self.make(
+            player, stage, settings, callbacks=[guard, FitMonitor(module.log_prefix)]
+        )
         trainer.fit(module, train_dataloaders=loader)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         metrics["lr"] = trainer.optimizers[0].param_groups[0]["lr"]

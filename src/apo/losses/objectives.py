@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from apo.losses import rl
 from apo.losses.policy import PAIR_MODES, Stats, dpo, ipo, lipo, rjs, rrhf, sft, slic
 
 SELECTIONS = ("best", "best_worst", "all")
@@ -41,11 +42,15 @@ def _pairwise_selection(options: Mapping[str, Any]) -> str:
 class ObjectiveSpec:
     """A registered objective: its loss function and what data it needs."""
 
-    fn: Callable[..., tuple[torch.Tensor, Stats]]
+    fn: Callable[..., Any]
     #: whether reference log-probs must be computed (once per round) before the fit
     needs_reference: bool
     #: maps the objective's options to the samples it needs: "best", "best_worst" or "all"
     selection: Callable[[Mapping[str, Any]], str] = _all
+    #: an online RL objective: its fit samples from the current policy at every step and
+    #: `fn(**options)` gives its settings (`apo.losses.rl`); offline ones learn from the round's
+    #: scored samples and `fn` is their loss
+    online: bool = False
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -62,6 +67,10 @@ POLICY_OBJECTIVES: dict[str, ObjectiveSpec] = {
     "ipo": ObjectiveSpec(ipo, needs_reference=True, selection=_pairwise_selection),
     "slic": ObjectiveSpec(slic, needs_reference=False, selection=_pairwise_selection),
     "lipo": ObjectiveSpec(lipo, needs_reference=True),
+    # online: the reference log-probs are computed in every step, not once per round
+    "rloo": ObjectiveSpec(rl.rloo, needs_reference=False, online=True),
+    "grpo": ObjectiveSpec(rl.grpo, needs_reference=False, online=True),
+    "ppo": ObjectiveSpec(rl.ppo, needs_reference=False, online=True),
 }
 
 
@@ -81,6 +90,16 @@ class PolicyObjective:
         return self.spec.needs_reference
 
     @property
+    def online(self) -> bool:
+        return self.spec.online
+
+    def rl(self) -> dict[str, Any]:
+        """An online objective's settings (`apo.losses.rl`)."""
+        if not self.online:
+            raise ValueError(f"{self.name} is not an online objective")
+        return self.spec.fn(**self.options)
+
+    @property
     def selection(self) -> str:
         return self.spec.selection(self.options)
 
@@ -92,6 +111,8 @@ class PolicyObjective:
         mask: torch.Tensor,
         lengths: torch.Tensor,
     ) -> tuple[torch.Tensor, Stats]:
+        if self.online:
+            raise ValueError(f"{self.name} is online: its fit computes its own loss each step")
         return self.spec.fn(logps, ref_logps, scores, mask, lengths, **self.options)
 
     def select(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

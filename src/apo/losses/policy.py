@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from apo.losses.pairs import best_worst, preference_pairs
+from apo.losses.pairs import best_worst, chosen_rejected, preference_pairs
 
 Stats = dict[str, torch.Tensor]
 
@@ -86,6 +86,14 @@ def _margin_stats(margin: torch.Tensor, P: torch.Tensor, name: str = "reward") -
     m = margin.detach()
     acc = _pair_mean((m > 0).to(m.dtype), P)
     return {f"{name}_margin": _pair_mean(m, P), f"{name}_acc": acc}
+
+
+def _implicit_reward_stats(beta, logps, ref_logps, mask, P, m) -> Stats:
+    """The margin statistics and TRL's chosen / rejected statistics of the implicit reward
+    `beta * (logp - ref_logp)` (DPO, IPO)."""
+    valid = mask.bool()
+    rewards = beta * (logps - ref_logps)
+    return {**_margin_stats(beta * m, P), **chosen_rejected(rewards, P, valid, logps)}
 
 
 # ---------------------------------------------------------------------------------- objectives
@@ -167,7 +175,7 @@ def dpo(
     m = _margins(logps - ref_logps, mask.bool())
     eps = label_smoothing
     per_pair = (1 - eps) * F.softplus(-beta * m) + eps * F.softplus(beta * m)
-    return _pair_mean(per_pair, P), _margin_stats(beta * m, P)
+    return _pair_mean(per_pair, P), _implicit_reward_stats(beta, logps, ref_logps, mask, P, m)
 
 
 def ipo(
@@ -186,7 +194,7 @@ def ipo(
     P = _pair_matrix(scores, mask, pairs)
     m = _margins(logps - ref_logps, mask.bool())
     per_pair = (m - 1.0 / (2.0 * beta)) ** 2
-    return _pair_mean(per_pair, P), _margin_stats(beta * m, P)
+    return _pair_mean(per_pair, P), _implicit_reward_stats(beta, logps, ref_logps, mask, P, m)
 
 
 def slic(
@@ -217,6 +225,8 @@ def slic(
     has_pair = P.flatten(1).any(-1)
     nll = _token_nll(logps, lengths, _best_item(scores, valid) & has_pair[:, None])
     stats = {"hinge_loss": hinge.detach(), "reg_loss": nll.detach(), **_margin_stats(m, P, "logp")}
+    # no reference: the "reward" SLiC calibrates is the summed log-likelihood itself
+    stats.update(chosen_rejected(logps, P, valid, logps))
     return hinge + reg_weight * nll, stats
 
 
@@ -261,4 +271,5 @@ def lipo(logps, ref_logps, scores, mask, lengths, *, beta: float) -> tuple[torch
     per_pair = lam * F.softplus(-(s.unsqueeze(-1) - s.unsqueeze(-2))) * P.to(dtype)
     rows = P.flatten(1).any(-1).sum().clamp(min=1)
     loss = per_pair.sum() / rows
-    return loss, _margin_stats(s.unsqueeze(-1) - s.unsqueeze(-2), P)
+    stats = _margin_stats(s.unsqueeze(-1) - s.unsqueeze(-2), P)
+    return loss, {**stats, **chosen_rejected(s, P, valid, logps)}

@@ -1,19 +1,14 @@
 """Reward-model losses on listwise batches: rewards `[B, k]`, target scores `[B, k]`, mask `[B, k]`.
 
 The game's RM step (Cheng et al. 2024, "Adversarial Preference Optimization", Eq. 7-8 and the
-reference implementation) combines them in `RMObjective`:
-
-    L_RM = c_kl * L_human(human items) + c_centering * centering(human items)
-           + (c_apo / K) * apo_{ranking|diff}(gold vs samples)
-
-where an APO item is `[golden, sample_1, ..., sample_K]` with scores `[1, 0, ..., 0]`. Every loss
-takes an optional constant `margin`.
+reference implementation) combines them in `apo.losses.rm_objective.RMObjective`; an APO item
+is `[golden, sample_1, ..., sample_K]` with scores `[1, 0, ..., 0]`. Every loss takes an
+optional constant `margin`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -102,67 +97,20 @@ RM_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-APO_LOSSES = ("ranking", "diff")
+#: the per-pair form of each RM loss: `-log sigmoid(d)` or the linear `-d` (`d` = the pair's
+#: reward gap minus the margin)
+PAIR_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "bradley_terry": lambda d: F.softplus(-d),
+    "ranking": lambda d: F.softplus(-d),
+    "diff": lambda d: -d,
+}
 
 
-@dataclass(frozen=True)
-class RMObjective:
-    """What one RM fit minimises; built from `game.*` (see `apo.game.plan`), never defaulted here.
-
-    `loss` is the whole RM step on one training batch, weighted per part: the human term is the
-    mean over the human pairs of the batch, the APO term sums each item's K sample pairs and
-    averages over the APO items, so `(c_apo / K) * apo` is `c_apo` times the mean over APO pairs.
-    """
-
-    #: c_kl, weight of the human-pair term (`human_loss`, an RM_LOSSES name)
-    kl_coeff: float
-    #: c_apo; 0 = the baseline RM (no adversarial term, no APO items served)
-    apo_coeff: float
-    #: the APO term's form: `ranking` (-log sigmoid) or `diff` (linear, WGAN-like)
-    apo_loss: str
-    #: K, the samples per prompt in an APO item
-    samples_per_prompt: int
-    human_loss: str
-    #: constant margin of every pairwise term (0 = none)
-    margin: float
-    #: weight of the reward-centering term on the human items (0 = off)
-    centering_coeff: float
-
-    def __post_init__(self) -> None:
-        if self.apo_loss not in APO_LOSSES:
-            raise ValueError(f"game.apo_loss must be one of {APO_LOSSES}, got {self.apo_loss!r}")
-        if self.human_loss not in RM_LOSSES:
-            raise ValueError(
-                f"game.rm_loss: unknown human-pair loss {self.human_loss!r}; known: "
-                f"{sorted(RM_LOSSES)}"
-            )
-
-    @property
-    def serves_apo(self) -> bool:
-        """Whether the fit needs APO items (golden answers against this round's samples)."""
-        return self.apo_coeff != 0
-
-    def loss(
-        self,
-        r_human: torch.Tensor,
-        human_scores: torch.Tensor,
-        human_mask: torch.Tensor,
-        r_apo: torch.Tensor | None = None,
-        apo_scores: torch.Tensor | None = None,
-        apo_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`(L_RM, parts)` from the rewards of a batch's human items `[B, k]` and, when the
-        objective serves APO items, of its APO items `[B', K + 1]`."""
-        loss_h = RM_LOSSES[self.human_loss](r_human, human_scores, human_mask, margin=self.margin)
-        loss = self.kl_coeff * loss_h
-        parts = {"loss_human": loss_h, "reward_mean": r_human[human_mask.bool()].mean().detach()}
-        if self.centering_coeff:
-            loss_c = reward_centering(r_human, human_mask)
-            loss = loss + self.centering_coeff * loss_c
-            parts["loss_centering"] = loss_c
-        if r_apo is not None and self.serves_apo:
-            loss_a = RM_LOSSES[self.apo_loss](r_apo, apo_scores, apo_mask, margin=self.margin)
-            loss = loss + (self.apo_coeff / self.samples_per_prompt) * loss_a
-            parts["loss_apo"] = loss_a
-        parts["loss"] = loss
-        return loss, parts
+def pair_sum(
+    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, form: str, margin: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(sum of the per-pair losses, number of pairs)` of a listwise batch, for the losses that
+    normalise over a mixed batch (the reference code's weighting, see `RMObjective`)."""
+    pairs = preference_pairs(scores, mask)
+    diff = _diffs(rewards, mask) - margin
+    return (PAIR_FORMS[form](diff) * pairs).sum(), pairs.sum()

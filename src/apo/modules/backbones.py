@@ -7,6 +7,8 @@ Nothing here downloads: a checkpoint is a local directory (`save_pretrained` lay
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,28 @@ def build_sequence_classifier(
 
 
 # ---- local checkpoints ------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be read; the message names the key and the path."""
+
+
+#: files a saved tokenizer leaves (any one of them)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+@contextmanager
+def reading(key: str, path: Path | str, what: str) -> Iterator[None]:
+    """Turn a library's failure to read `path` (a truncated safetensors file, a missing shard, a
+    bad config) into a `CheckpointError` naming `key` and `path`."""
+    try:
+        yield
+    except (CheckpointError, FileNotFoundError):
+        raise
+    except Exception as e:
+        raise CheckpointError(
+            f"{key}={str(path)!r}: cannot load the {what} from it ({type(e).__name__}: {e})"
+        ) from e
+
+
 def checkpoint_dir(path: str | Path, key: str) -> Path:
     """`path` as an existing local directory, or a clear error (hub names are never fetched)."""
     d = Path(str(path)).expanduser()
@@ -79,12 +103,15 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """The checkpoint's tokenizer, padding on the right and truncating on the left (prompts keep
     their end). Without a pad token, eos doubles as pad (logged); without eos it is an error."""
-    try:
+    if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{key}={str(path)!r}: no tokenizer in it (none of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer beside the model with save_pretrained"
+        )
+    with reading(key, path, "tokenizer"):
         tok = AutoTokenizer.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=trust_remote_code
         )
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{key}={str(path)!r}: cannot load a tokenizer from it: {e}") from e
     tok.padding_side, tok.truncation_side = "right", "left"
     if tok.eos_token_id is None:
         raise ValueError(
@@ -115,12 +142,13 @@ def load_causal_lm(
     path: Path, tokenizer: PreTrainedTokenizerBase, key: str, trust_remote_code: bool = False
 ) -> Any:
     """Any `AutoModelForCausalLM` checkpoint, in float32 (Lightning's `precision` casts)."""
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path),
-        local_files_only=True,
-        trust_remote_code=trust_remote_code,
-        dtype=torch.float32,
-    )
+    with reading(key, path, "causal LM"):
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path),
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
+        )
     _check_vocab(model, tokenizer, key, path)
     _set_special_ids(model, tokenizer)
     return model
@@ -136,9 +164,10 @@ def load_sequence_classifier(
     """A one-label sequence classifier from a checkpoint of one, or from a causal LM checkpoint
     with a new scalar head (`score`, initialised N(0, initializer_range) from `seed`; the LM head
     is dropped)."""
-    config = AutoConfig.from_pretrained(
-        str(path), local_files_only=True, trust_remote_code=trust_remote_code
-    )
+    with reading(key, path, "config"):
+        config = AutoConfig.from_pretrained(
+            str(path), local_files_only=True, trust_remote_code=trust_remote_code
+        )
     archs = list(getattr(config, "architectures", None) or [])
     is_classifier = any(a.endswith("ForSequenceClassification") for a in archs)
     if is_classifier and config.num_labels != 1:
@@ -147,13 +176,14 @@ def load_sequence_classifier(
             "reward model needs one (a scalar reward)"
         )
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(path),
-        num_labels=1,
-        local_files_only=True,
-        trust_remote_code=trust_remote_code,
-        dtype=torch.float32,
-    )
+    with reading(key, path, "reward model"):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path),
+            num_labels=1,
+            local_files_only=True,
+            trust_remote_code=trust_remote_code,
+            dtype=torch.float32,
+        )
     if not isinstance(getattr(model, "score", None), torch.nn.Module):
         raise ValueError(
             f"{key}={str(path)!r}: {type(model).__name__} has no `score` head; the reward model "
@@ -166,8 +196,8 @@ def load_sequence_classifier(
     return model
 
 
-def _check_positions(model: Any, needed: int, key: str, path: Path) -> None:
-    cfg = model.config
+def check_model_positions(model: Any, needed: int, key: str, path: Path | str) -> None:
+    cfg = getattr(model, "config", None) or model.base_model.config
     limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
     if limit is not None and needed > limit:
         raise ValueError(
@@ -209,6 +239,6 @@ def build_player(
             model = load_causal_lm(d, tokenizer, key, trust)
         else:
             model = load_sequence_classifier(d, tokenizer, key, seed, trust)
-        _check_positions(model, positions, key, d)
+        check_model_positions(model, positions, key, d)
     model = add_lora(model, cfg.get("lora"), f"{kind}.lora", "score" if kind == "rm" else None)
     return model, tokenizer

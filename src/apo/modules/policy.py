@@ -12,7 +12,32 @@ from torch import nn
 from apo.losses.objectives import PolicyObjective
 from apo.modules.logps import sequence_logps
 from apo.modules.sampling import SamplingSpec, sample
+from apo.monitors import logs_this_step
 from apo.strategies import build_optimizer, shard
+
+
+def _fit_stats(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    mask: torch.Tensor,
+    lengths: torch.Tensor,
+    entropy: list[torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """What a fit's batch says about the policy beyond its loss (detached, on the device):
+    `kl`, the mean of `logp - ref_logp` per response when the batch has reference log-probs
+    (the samples are the policy's own from before this fit, so it estimates KL(pi || pi_ref)
+    only at the fit's start; it shows how far the fit moves the policy), and `entropy`, nats
+    per response token, when it was computed."""
+    valid = mask.bool()
+    zero = torch.zeros_like(logps)
+    out = {}
+    if ref_logps is not None:
+        diff = torch.where(valid, (logps - ref_logps).detach(), zero)
+        out["kl"] = diff.sum() / valid.sum().clamp(min=1)
+    if entropy:
+        tokens = torch.where(valid, lengths.to(logps.dtype), zero).sum().clamp(min=1)
+        out["entropy"] = torch.where(valid, entropy[0], zero).sum() / tokens
+    return out
 
 
 class PolicyModule(L.LightningModule):
@@ -78,11 +103,12 @@ class PolicyModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.objective is None:
             raise RuntimeError("PolicyModule: built without an objective, it can only predict")
-        logps, lengths = self._flat_logps(self.model, batch)
-        loss, stats = self.objective.loss(
-            logps, batch.get("ref_logps"), batch["scores"], batch["mask"], lengths
-        )
-        logs = {"loss": loss, **stats}
+        # the entropy costs a softmax over the vocabulary: only on the steps whose logs are written
+        entropy = logs_this_step(self.trainer)
+        logps, lengths, *ent = self._flat_logps(self.model, batch, entropy=entropy)
+        ref_logps = batch.get("ref_logps")
+        loss, stats = self.objective.loss(logps, ref_logps, batch["scores"], batch["mask"], lengths)
+        logs = {"loss": loss, **stats, **_fit_stats(logps, ref_logps, batch["mask"], lengths, ent)}
         bs = batch["input_ids"].shape[0]
         self.log_dict({f"{self.log_prefix}/{k}": v for k, v in logs.items()}, batch_size=bs)
         return loss

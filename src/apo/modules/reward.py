@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from apo.losses.rm import RMObjective
+from apo.losses.rm_objective import RMObjective
 from apo.strategies import build_optimizer, shard
 
 POOLINGS = ("last", "eos", "average", "max")

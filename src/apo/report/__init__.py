@@ -18,6 +18,7 @@ from pathlib import Path
 
 from apo.report.jobs import Job, by_group, find_jobs, load_jobs, mark_duplicates
 from apo.report.plots import plot_metric, plot_reliability, plot_reward_histograms
+from apo.report.rl import overoptimization_table, plot_overoptimization
 from apo.report.stats import (
     cell,
     markdown_table,
@@ -115,6 +116,11 @@ def build_report(
     ):
         if fn(jobs, out / name, baseline) is not None:
             lines += [f"![{name}]({name})", ""]
+    # games with online RL fits: the over-optimisation picture (gold and RM reward against KL)
+    kept = [j for j in jobs if j.duplicate_of is None]
+    if plot_overoptimization(kept, out / "overoptimization.png") is not None:
+        lines += ["![overoptimization.png](overoptimization.png)", ""]
+        lines += overoptimization_table(kept)
     text = "\n".join(lines)
     (out / "report.md").write_text(text + "\n")
     return out / "report.md", text

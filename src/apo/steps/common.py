@@ -41,7 +41,15 @@ def model_dir(path: str | Path, player: str) -> Path:
 def load_tokenizer(d: Path) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(d))
+    from apo.modules.backbones import TOKENIZER_FILES, CheckpointError, reading
+
+    if not any((Path(d) / f).is_file() for f in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{d}: no tokenizer in it (none of {', '.join(TOKENIZER_FILES)}); the step commands "
+            "read players saved with their tokenizer (save_pretrained of both)"
+        )
+    with reading("tokenizer", d, "tokenizer"):
+        tok = AutoTokenizer.from_pretrained(str(d))
     for name in ("pad_token", "eos_token"):
         if getattr(tok, name) is None:
             raise ValueError(f"{d}: the tokenizer has no {name}; the game needs pad and eos")
@@ -52,9 +60,12 @@ def load_policy(path: str | Path) -> tuple[Any, Any]:
     """`(causal LM, tokenizer)` from a saved policy (or a round dir)."""
     from transformers import AutoModelForCausalLM
 
+    from apo.modules.backbones import reading
+
     d = model_dir(path, "policy")
     tok = load_tokenizer(d)
-    model = AutoModelForCausalLM.from_pretrained(str(d))
+    with reading("model", d, "policy"):
+        model = AutoModelForCausalLM.from_pretrained(str(d))
     gc = model.generation_config
     gc.pad_token_id = gc.pad_token_id if gc.pad_token_id is not None else tok.pad_token_id
     gc.eos_token_id = gc.eos_token_id if gc.eos_token_id is not None else tok.eos_token_id
@@ -176,6 +187,15 @@ def read_sample_sets(path: str | Path, need_scores: bool = False) -> list[Sample
             out.append(SampleSet(qid, it.prompt, it.responses, it.scores, where))
     else:
         out = _game_rows(path, records, need_scores)
+    first: dict[str, SampleSet] = {}
+    for s in out:
+        if s.query_id in first:
+            raise s.where.error(
+                f"duplicate query_id {s.query_id!r}; first seen at "
+                f"{first[s.query_id].where.describe()}",
+                "query_id",
+            )
+        first[s.query_id] = s
     if need_scores and any(s.scores is None for s in out):
         raise DataFormatError(
             path,

@@ -27,6 +27,7 @@ def score(cfg: DictConfig) -> list[ListwiseItem]:
     from apo.data.game_data import ListwiseItem
     from apo.distributed import predict_gathered
     from apo.game.players import reward_module
+    from apo.modules.backbones import reading
     from apo.steps.common import (
         check_lengths,
         datamodule,
@@ -47,7 +48,8 @@ def score(cfg: DictConfig) -> list[ListwiseItem]:
         )
     d = model_dir(cfg.rm.path, "rm")
     tok = load_tokenizer(d)
-    model = AutoModelForSequenceClassification.from_pretrained(str(d))
+    with reading("rm.path", d, "reward model"):
+        model = AutoModelForSequenceClassification.from_pretrained(str(d))
     rm = reward_module(model, str(cfg.rm.pooling), tok.eos_token_id)
     dm = datamodule(tok, cfg)
     sets = check_lengths(dm, path, sets, cfg.overlength)

@@ -54,7 +54,7 @@ def train_rm(cfg: DictConfig) -> dict[str, float]:
     from apo.game.plan import rm_objective
     from apo.game.players import reward_module
     from apo.metrics import pairwise_agreement
-    from apo.modules.backbones import build_sequence_classifier
+    from apo.modules.backbones import build_sequence_classifier, reading
     from apo.records import write_json
     from apo.steps.common import (
         check_lengths,
@@ -75,7 +75,8 @@ def train_rm(cfg: DictConfig) -> dict[str, float]:
     if cfg.init:
         d = model_dir(cfg.init, "rm")
         tok = load_tokenizer(d)
-        model = AutoModelForSequenceClassification.from_pretrained(str(d))
+        with reading("init", d, "reward model"):
+            model = AutoModelForSequenceClassification.from_pretrained(str(d))
     else:
         if cfg.tokenizer:
             tok = load_tokenizer(Path(cfg.tokenizer))

@@ -24,6 +24,10 @@ def read_text(path: str | Path) -> str:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataFormatError(path, "no such file") from None
+    except IsADirectoryError:
+        raise DataFormatError(path, "is a directory; expected a JSON or JSON Lines file") from None
+    except PermissionError:
+        raise DataFormatError(path, "not readable (permission denied)") from None
     if raw[:2] == _GZIP_MAGIC:
         try:
             raw = gzip.decompress(raw)

@@ -1,0 +1,82 @@
+"""Failing loudly and finishing cleanly in real games: every sharded engine resumes a game
+killed in a fit, and a blow-up stops with a named error, then resumes at a lower rate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from apo import checkpoint
+from tests.conftest import ROOT
+from tests.test_resume import _cmd, _env, _kill_during, _play, _progress, _strip, _summary
+from tests.test_strategies import ENGINES, HALF_BATCH, TOL_ENGINE
+
+#: a 1-round tiny game whose policy fit is long enough to be killed in, on 2 processes
+SHARDED = (
+    "experiment=tiny",
+    "game.rounds=1",
+    "policy.round.max_epochs=6",
+    "tensorboard_flush_secs=1",
+    *HALF_BATCH,
+)
+
+
+def _final(run: Path, player: str) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / player / "model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sharded_game_killed_in_its_policy_fit_resumes(engine: str, tmp_path: Path):
+    """SIGKILL in round 1's policy fit, then `resume=true`: the RM is not fitted again before
+    it is exported, so its full weights come from the gathered shards, not from a kept copy."""
+    full, run = tmp_path / "full", tmp_path / "run"
+    _play(full, f"strategy={engine}", base=SHARDED)
+    _kill_during(run, (1, "score"), f"strategy={engine}", base=SHARDED)
+    _play(run, f"strategy={engine}", "resume=true", base=SHARDED)
+    for player in ("policy", "rm"):
+        a, b = _final(run, player), _final(full, player)
+        assert a.keys() == b.keys()
+        diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert diff < TOL_ENGINE, (engine, player, diff)
+    got, want = _strip(_summary(run)), _strip(_summary(full))
+    assert [sorted(r) for r in got] == [sorted(r) for r in want]
+    for g, w in zip(got, want, strict=True):
+        for key in ("rm/val/acc", "policy/gold_reward", "policy/length", "steps/policy"):
+            assert g[key] == pytest.approx(w[key], abs=1e-6), (engine, key)
+        assert g["policy/kl"] == pytest.approx(w["policy/kl"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_blow_up_stops_named_and_resumes_at_a_lower_rate(tmp_path: Path):
+    """`objective.lr=1e3` breaks the policy's log-probs in round 1's policy fit: the game stops
+    with an error that names it, the state goes back to before that fit, and the same game
+    continues with `objective.lr=1e-3 resume_allow=[objective.lr]` — ending exactly as the game
+    played at 1e-3 from the start, with the change recorded."""
+    base = ("experiment=tiny", "game.rounds=2", "game.save_weights=false")
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    proc = subprocess.run(
+        _cmd(run, "objective.lr=1e3", base=base),
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1
+    assert "DivergenceError: round 1 evaluation: policy/kl=" in proc.stderr
+    assert "log-probabilities broke down" in proc.stderr
+    assert "rewound to after round 1 score" in proc.stderr
+    assert _progress(run) == (1, "score")
+    _play(run, "objective.lr=1e-3", "resume=true", "resume_allow=[objective.lr]", base=base)
+    _play(ref, "objective.lr=1e-3", base=base)
+    assert _strip(_summary(run)) == _strip(_summary(ref))
+    changes = json.loads((run / "summary.json").read_text())["config_changes"]
+    assert changes == [{"after": [1, "score"], "changed": {"objective.lr": [1000.0, 0.001]}}]
+    assert checkpoint.StateStore(run).load()["game"]["config_changes"] == changes
