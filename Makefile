@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-slow test-all lint bench clean
+.PHONY: install train test test-slow test-all lint bench bench-trl clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/round_phases.py $(ARGS)
+
+# against TRL: its optional `bench` extra (never installed by `make install`)
+bench-trl: install
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) benchmarks/vs_trl.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

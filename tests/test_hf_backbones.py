@@ -253,7 +253,10 @@ def test_players_with_different_tokenizers(tmp_path: Path, llama_dir: Path, gpt2
     ptok, rtok = game.players.tokenizer, game.players.rm_tokenizer
     assert ptok.get_vocab() != rtok.get_vocab() and rtok.pad_token_id == rtok.eos_token_id
     rounds = json.loads((game.run_dir / "summary.json").read_text())["rounds"]
-    assert all(0.0 <= r["rm/onpolicy/acc"] <= 1.0 for r in rounds)
+    # a random checkpoint's samples nearly all earn oracle reward 0: whether two of one prompt
+    # differ (a pair to rank; else the accuracy is NaN, None in JSON) is up to the sampler's draws
+    accs = [r["rm/onpolicy/acc"] for r in rounds]
+    assert all(a is None or 0.0 <= a <= 1.0 for a in accs) and any(a is not None for a in accs)
     # the RM reads the policy's samples as text, re-encoded with its own tokenizer and template
     recs = game.state.samples["rm"][:4]
     for item, rec in zip(game.dm.sample_items(recs, "rm"), recs):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import LlamaConfig
 
 from apo.data.collate import pad_2d
+from apo.modules import sampling
 from apo.modules.backbones import build_causal_lm
 from apo.modules.sampling import SamplingSpec, sample
 from tests.conftest import sort_task
@@ -106,3 +109,68 @@ def test_mixture_weight_one_samples_the_reference(lm):
         sample(model, ids, att, 1, spec(6, mixture=0.5), tok.eos_token_id, tok.pad_token_id)
     with pytest.raises(ValueError, match="objective.mixture"):
         spec(6, mixture=1.5)
+
+
+def _exact_two_token_probs(
+    model, ref, ids, mixture: float, eos: int, temperature: float
+) -> dict[tuple, float]:
+    """The exact distribution of 2-token responses (eos ends one early) under the sampler's
+    mixture `pi^(1-w) pi_ref^w`, from full forward passes."""
+
+    def step_logp(prefix: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids + prefix])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(input_ids=x).logits[0, -1].float() / temperature, -1)
+            if mixture > 0:
+                lq = torch.log_softmax(ref(input_ids=x).logits[0, -1].float() / temperature, -1)
+                lp = torch.log_softmax((1 - mixture) * lp + mixture * lq, -1)
+        return lp.exp()
+
+    out: dict[tuple, float] = {}
+    first = step_logp([])
+    for a, pa in enumerate(first.tolist()):
+        if a == eos:
+            out[()] = pa
+            continue
+        for b, pb in enumerate(step_logp([a]).tolist()):
+            key = (a,) if b == eos else (a, b)
+            out[key] = out.get(key, 0.0) + pa * pb
+    return out
+
+
+@pytest.mark.parametrize("mixture", [0.0, 0.5])
+def test_samples_follow_the_exact_distribution_while_finished_rows_leave(lm, mixture: float):
+    """Finished rows leave the batch (and change the random stream): the samples still follow
+    the model's distribution (Pearson's chi-square over every 2-token response)."""
+    model, tok = copy.deepcopy(lm[0]), lm[1]
+    other = build_causal_lm(model.config.__class__(**model.config.to_dict()), tok, seed=1).eval()
+    prompt = _prompts(tok, ["3817="])[0]
+    with torch.no_grad():
+        h = model.model(input_ids=torch.tensor([prompt]))[0][0, -1]
+        # a token made likely at the prompt plays eos, so that many rows finish at once and
+        # leave the batch
+        eos = 3
+        model.lm_head.weight[eos] = h * (4.0 / h.square().sum())
+    temperature = 1.0
+    exact = _exact_two_token_probs(model, other, prompt, mixture, eos, temperature)
+    n = 40_000
+    ids, att = pad_2d([prompt], tok.pad_token_id, left=True)
+    torch.manual_seed(0)
+    rows = sample(
+        model, ids, att, n, spec(2, temperature, mixture), eos, tok.pad_token_id, ref_model=other
+    )[0]
+    counts: dict[tuple, int] = {}
+    for r in rows:
+        counts[tuple(r)] = counts.get(tuple(r), 0) + 1
+    assert set(counts) <= set(exact)
+    # rows did finish after one token, enough for them to leave the batch
+    assert counts.get((), 0) * sampling.DROP_AT > n
+    cells = [k for k, p in exact.items() if p * n >= 5]
+    rest = 1.0 - sum(exact[k] for k in cells)
+    obs = [counts.get(k, 0) for k in cells] + [n - sum(counts.get(k, 0) for k in cells)]
+    exp = [exact[k] * n for k in cells] + [rest * n]
+    chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
+    df = len(cells)
+    # far in the tail of chi-square(df) (its mean df, sd sqrt(2 df)): a wrong distribution
+    # at this n lands orders of magnitude above
+    assert chi2 < df + 6 * (2 * df) ** 0.5, (chi2, df)

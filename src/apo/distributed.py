@@ -57,7 +57,8 @@ def predict_gathered(
     out = trainer.predict(module, dataloaders=loader, return_predictions=True) or []
     mine = [rec for batch in out for rec in batch]
     by_index = {rec["index"]: rec for rec in gather_objects(mine)}
-    expected = len(loader.dataset)
+    # a dataset of ready batches (`apo.data.batching.BatchedDataset`) counts its items
+    expected = getattr(loader.dataset, "num_items", len(loader.dataset))
     if len(by_index) != expected:
         raise RuntimeError(f"prediction returned {len(by_index)} of {expected} examples")
     return [by_index[i] for i in sorted(by_index)]

@@ -155,6 +155,28 @@ def to_cpu_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     return DeepSpeedCPUAdam(groups, adamw_mode=isinstance(optimizer, torch.optim.AdamW))
 
 
+def build_optimizer(
+    trainer: Any, factory: Any, params: Any, **kwargs: Any
+) -> torch.optim.Optimizer:
+    """The player's optimizer from its config partial, on `trainer`'s engine.
+
+    A fused optimizer (`fused: true`, one kernel for all parameters) unscales gradients inside
+    its step, so Lightning's mixed precision (`16-mixed`, `bf16-mixed`) refuses to clip its
+    gradients; there it falls back to the unfused one, with the same settings."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    optimizer = factory(params, **kwargs)
+    clips = bool(getattr(trainer, "gradient_clip_val", None))
+    if (
+        getattr(optimizer, "_step_supports_amp_scaling", False)
+        and clips
+        and isinstance(trainer.precision_plugin, MixedPrecision)
+    ):
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        optimizer = factory(params, **kwargs, fused=False)
+    return optimizer
+
+
 def decoder_layer_names(model: nn.Module) -> set[str]:
     """Class names of a transformers model's decoder layers (its `_no_split_modules`)."""
     names: set[str] = set()

@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from apo.data.batching import BatchedDataset, budget_batches
 from apo.data.collate import Encoder, ListDataset, ListwiseCollator, PromptCollator
 from apo.data.game_data import GameData, ListwiseItem
 from apo.distributed import predict_gathered
@@ -32,7 +33,9 @@ class GameDataModule(L.LightningDataModule):
     Args:
         data: the game's fixed data.
         tokenizer: the policy's tokenizer (and the RM's, unless `rm_tokenizer` is given).
-        batch_size: per-loader batch sizes, keys `sft`, `rm`, `apo`, `policy`, `predict`.
+        batch_size: per-loader batch sizes, keys `sft`, `rm`, `apo`, `policy` (items),
+            `predict` (sequences per prediction batch) and optionally `predict_tokens` (padded
+            tokens per prediction batch).
         max_prompt_len, max_len: token budgets (prompts are truncated on the left).
         seed: shuffling seed.
         rm_tokenizer: the RM's tokenizer when it differs from the policy's.
@@ -167,12 +170,28 @@ class GameDataModule(L.LightningDataModule):
     def listwise_loader(
         self, items: list[dict], op: str, batch_size: int | None = None, shuffle: bool = False
     ) -> DataLoader:
-        bs = batch_size or self.batch_size["predict"]
-        return self._loader(items, bs, ListwiseCollator(self.tokenizer.pad_token_id, op), shuffle)
+        """Batches of `batch_size` items (fits), or without one prediction batches of at most
+        `predict` sequences and `predict_tokens` padded tokens, in item order."""
+        collate = ListwiseCollator(self.tokenizer.pad_token_id, op)
+        if batch_size is not None:
+            return self._loader(items, batch_size, collate, shuffle)
+        sizes = [(len(it["seqs"]), max(len(s) for s in it["seqs"])) for it in items]
+        batches = budget_batches(
+            sizes, self.batch_size["predict"], self.batch_size.get("predict_tokens")
+        )
+        return DataLoader(
+            BatchedDataset(items, batches),
+            batch_size=None,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
 
     def prompt_loader(self, prompts: list[str], k: int) -> DataLoader:
+        """Generation batches of `predict // k` prompts (counted in sequences), bucketed by
+        length: prompts sorted by their length (stable) share a batch, so little left padding
+        is computed; the predictions come back in prompt order (by `index`)."""
         items = [{"index": i, "prompt_ids": self.prompt_ids(p)} for i, p in enumerate(prompts)]
-        # Generation batch is counted in sequences, so prompts per batch shrink as K grows.
+        items.sort(key=lambda it: len(it["prompt_ids"]))
         bs = max(1, self.batch_size["predict"] // max(k, 1))
         return self._loader(items, bs, PromptCollator(self.tokenizer.pad_token_id, k), False)
 

@@ -74,14 +74,13 @@ class Evaluator:
         policy = self.players.policy_module(
             sampling=self.plan.eval_sampling, seed=self.seed * 10007 + 5000 + r
         )
+        # one prediction Trainer per player for all of its predictions here
+        policy_trainer = self.trainers.make("policy")
         test = dm.generate(
-            self.trainers.make("policy"),
-            policy,
-            data.test_prompts,
-            self.plan.eval_samples_per_prompt,
+            policy_trainer, policy, data.test_prompts, self.plan.eval_samples_per_prompt
         )
         lp = self.trainers.predict(
-            "policy", policy, dm.listwise_loader(dm.sample_items(test), "logps")
+            "policy", policy, dm.listwise_loader(dm.sample_items(test), "logps"), policy_trainer
         )
         rm, rm_trainer = self.players.rm_module(), self.trainers.make("rm")
         scores = self.trainers.predict(

@@ -161,6 +161,7 @@ def build_datamodule(cfg: DictConfig, data: GameData, players: Players) -> GameD
         "rm": cfg.rm.batch_size,
         "apo": cfg.rm.apo_batch_size,
         "predict": cfg.data.predict_batch_size,
+        "predict_tokens": cfg.data.get("predict_batch_tokens"),
     }
     return GameDataModule(
         data,

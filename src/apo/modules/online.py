@@ -22,7 +22,7 @@ from apo.losses.rl import (
     rloo_advantages,
 )
 from apo.modules.sampling import SamplingSpec, sample
-from apo.strategies import shard
+from apo.strategies import build_optimizer, shard
 
 
 def token_logps(
@@ -243,9 +243,8 @@ class OnlinePolicyModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.critic is not None:
             params += [p for p in self.critic.model.parameters() if p.requires_grad]
-        if self.lr is not None:
-            return self.optimizer_factory(params, lr=self.lr)
-        return self.optimizer_factory(params)
+        kwargs = {} if self.lr is None else {"lr": self.lr}
+        return build_optimizer(self.trainer, self.optimizer_factory, params, **kwargs)
 
     def on_fit_end(self) -> None:
         self.rm.requires_grad_(True)

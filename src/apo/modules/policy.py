@@ -7,34 +7,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from apo.losses.objectives import PolicyObjective
+from apo.modules.logps import sequence_logps
 from apo.modules.sampling import SamplingSpec, sample
 from apo.monitors import logs_this_step
-from apo.strategies import shard
-
-
-def sequence_logps(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    loss_mask: torch.Tensor,
-    entropy: bool = False,
-) -> tuple[torch.Tensor, ...]:
-    """Summed log-likelihood of the `loss_mask` tokens of each row `[N, T]` and their count;
-    with `entropy`, also the summed entropy of the model's next-token distributions there."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
-    targets = input_ids[:, 1:]
-    tok_logp = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-    m = loss_mask[:, 1:].to(tok_logp.dtype)
-    if not entropy:
-        return (tok_logp * m).sum(-1), m.sum(-1)
-    with torch.no_grad():
-        logp_all = torch.log_softmax(logits.float(), -1)
-        tok_ent = -(logp_all.exp() * logp_all).sum(-1)
-    return (tok_logp * m).sum(-1), m.sum(-1), (tok_ent * m).sum(-1)
+from apo.strategies import build_optimizer, shard
 
 
 def _fit_stats(
@@ -188,6 +167,5 @@ class PolicyModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        if self.lr is not None:
-            return self.optimizer_factory(params, lr=self.lr)
-        return self.optimizer_factory(params)
+        kwargs = {} if self.lr is None else {"lr": self.lr}
+        return build_optimizer(self.trainer, self.optimizer_factory, params, **kwargs)

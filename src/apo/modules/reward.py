@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from apo.losses.rm_objective import RMObjective
-from apo.strategies import shard
+from apo.strategies import build_optimizer, shard
 
 POOLINGS = ("last", "eos", "average", "max")
 
@@ -107,4 +107,6 @@ class RewardModule(L.LightningModule):
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.trainer.model.parameters())
+        return build_optimizer(
+            self.trainer, self.optimizer_factory, self.trainer.model.parameters()
+        )
