@@ -446,3 +446,16 @@ def test_pairwise_objectives_report_trls_statistics(name):
     assert 0.0 <= stats["rewards/accuracies"].item() <= 1.0
     margin = stats["rewards/chosen"] - stats["rewards/rejected"]
     assert stats["rewards/margins"].item() == pytest.approx(margin.item(), abs=1e-6)
+
+
+def test_config_schema_knows_every_objectives_options():
+    """The up-front config check (`apo.validation.schema`) and the loss functions agree on each
+    objective's keyword options, and every objective has a packaged config."""
+    from apo.validation.schema import OBJECTIVE_OPTIONS
+
+    # sft is the warm start's loss, not a round's objective (no configs/objective/sft.yaml)
+    assert set(OBJECTIVE_OPTIONS) == set(POLICY_OBJECTIVES) - {"sft"}
+    for name in OBJECTIVE_OPTIONS:
+        spec = POLICY_OBJECTIVES[name]
+        assert set(OBJECTIVE_OPTIONS[name].model_fields) == set(spec.options), name
+        assert set(yaml_options(name)) == set(spec.options), name
