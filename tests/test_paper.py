@@ -15,7 +15,7 @@ from apo.game.plan import build_plan
 from apo.losses.rm_objective import RMObjective
 from apo.train import train
 from apo.validation import ConfigError
-from tests.conftest import compose_cfg
+from tests.conftest import ROOT, compose_cfg
 
 
 def nls(x: float) -> float:
@@ -221,3 +221,26 @@ def test_a_scheduled_game_fits_each_round_at_its_rate(tmp_path):
     for r, lr in ((1, 2e-3), (2, 5e-4)):
         state = torch.load(run / "state" / "history" / f"r{r:02d}-policy_fit.pt", weights_only=True)
         assert state["game"]["last_fit"]["policy"]["lr"] == pytest.approx(lr)
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+)
+def test_every_experiment_composes_and_passes_the_checks(name, tmp_path):
+    """Each packaged experiment (with the first value of each swept key, as its first job) is a
+    config the up-front checks accept."""
+    from omegaconf import OmegaConf
+
+    from apo.validation import validate
+
+    cfg = compose_cfg([f"experiment={name}"], run_dir=tmp_path, hydra_config=True)
+    sweep = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    first = [f"{k}={str(v).split(',')[0]}" for k, v in sweep.items()]
+    cfg = compose_cfg([f"experiment={name}", *first], run_dir=tmp_path, hydra_config=True)
+    tree = validate(cfg)
+    for key, value in (kv.split("=", 1) for kv in first):
+        if "." in key or key == "seed":
+            assert str(OmegaConf.select(cfg, key)) == value, key
+        else:  # a config group: its option is chosen
+            assert OmegaConf.select(cfg, f"hydra.runtime.choices.{key}") == value, key
+    assert tree["game"]["rounds"] >= 0
