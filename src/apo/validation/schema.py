@@ -101,6 +101,7 @@ class Player(_Open):
     prompt_template: str | None
     separator: str | None
     chat_template: Literal["auto"] | bool
+    activation_checkpointing: bool
     lora: Lora
 
     @field_validator("prompt_template")
