@@ -83,7 +83,11 @@ CONFIG_CASES = [
     (["data.sizes.n_sft=-1"], ConfigError, r"data\.sizes=.*>= 0"),
     (["data.overlength=drop"], ConfigError, r"data\.overlength='drop'"),
     (["data.max_len=128"], ConfigError, r"(policy|rm): .*tokens .*max_position_embeddings=64"),
-    (["data.max_len=40", "data.max_prompt_len=48"], ConfigError, r"data\.max_len=40: below data\.max_prompt_len"),
+    (
+        ["data.max_len=40", "data.max_prompt_len=48"],
+        ConfigError,
+        r"data\.max_len=40: below data\.max_prompt_len",
+    ),
     (["data.max_prompt_len=1"], ConfigError, r"data\.max_prompt_len=1"),
     (["strategy.devices=2"], ConfigError, r"strategy\.devices=2: strategy auto runs one"),
     (["policy.round.max_epochs=x"], ConfigError, r"policy\.round\.max_epochs='x'"),
