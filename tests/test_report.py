@@ -117,7 +117,15 @@ def test_settings_that_do_not_change_results_do_not_split_groups(tmp_path: Path)
     d = _job(tmp_path / "s", 0, "0", 0)
     (d / ".hydra" / "overrides.yaml").write_text(
         yaml.safe_dump(
-            ["game.apo_coeff=0", "seed=0", "game.warm_start_cache=/x", "hydra.run.dir=/y"]
+            [
+                "game.apo_coeff=0",
+                "seed=0",
+                "game.warm_start_cache=/x",
+                "hydra.run.dir=/y",
+                "progress=lines",
+                "progress_every_s=5",
+                "resume=true",
+            ]
         )
     )
     assert find_jobs(tmp_path / "s")[0].group == "game.apo_coeff=0"

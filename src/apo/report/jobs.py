@@ -11,8 +11,20 @@ from typing import Any
 
 import yaml
 
-#: overrides that do not change results: they never split a group
-IGNORED_OVERRIDE_KEYS = ("seed", "hydra.", "run_dir", "+run_dir", "game.warm_start_cache")
+#: overrides that do not change results: they never split a group (the keys a resume may
+#: change without changing results, `apo.checkpoint.MUTABLE_KEYS`, among them)
+IGNORED_OVERRIDE_KEYS = (
+    "seed",
+    "hydra.",
+    "run_dir",
+    "+run_dir",
+    "game.warm_start_cache",
+    "resume=",
+    "resume_allow=",
+    "progress=",
+    "progress_every_s=",
+    "tensorboard_flush_secs=",
+)
 
 log = logging.getLogger(__name__)
 
