@@ -174,3 +174,49 @@ def test_samples_follow_the_exact_distribution_while_finished_rows_leave(lm, mix
     # far in the tail of chi-square(df) (its mean df, sd sqrt(2 df)): a wrong distribution
     # at this n lands orders of magnitude above
     assert chi2 < df + 6 * (2 * df) ** 0.5, (chi2, df)
+
+
+@pytest.mark.parametrize("mixture", [0.0, 0.5])
+def test_lockstep_draws_the_samples_a_dropping_batch_draws(lm, mixture: float):
+    """A sharded model samples in lockstep (finished rows stay in the batch, the steps go on
+    until every rank is done): for a seed, its samples are those of DDP's dropping batch."""
+    model, tok = copy.deepcopy(lm[0]), lm[1]
+    other = build_causal_lm(model.config.__class__(**model.config.to_dict()), tok, seed=1).eval()
+    texts = ["3817=", "12=", "905124=", "44="]
+    ids, att = pad_2d(_prompts(tok, texts), tok.pad_token_id, left=True)
+    eos = 3  # a common token plays eos: rows finish early, and a dropping batch drops them
+    outs = {}
+    for lockstep in (False, True):
+        torch.manual_seed(0)
+        rows = sample(
+            model,
+            ids,
+            att,
+            32,
+            spec(8, 1.5, mixture),
+            eos,
+            tok.pad_token_id,
+            ref_model=other,
+            lockstep=lockstep,
+            # the other ranks finish 3 steps after this one: lockstep runs on, drawing nothing
+            stop_together=_late_stop(3) if lockstep else None,
+        )
+        outs[lockstep] = (rows, torch.rand(1).item())  # and the stream after it
+    lengths = [len(r) for rs in outs[False][0] for r in rs]
+    assert min(lengths) < 8 and sum(n < 4 for n in lengths) * sampling.DROP_AT >= len(lengths)
+    assert outs[True] == outs[False]
+
+
+def _late_stop(extra: int):
+    """A `stop_together` whose other ranks are done `extra` steps after this rank."""
+    state = {"after": None}
+
+    def stop(done: bool) -> bool:
+        if done and state["after"] is None:
+            state["after"] = extra
+        if state["after"] is None:
+            return False
+        state["after"] -= 1
+        return state["after"] < 0
+
+    return stop

@@ -134,7 +134,15 @@ class Runs:
     def __call__(self, tag: str, *overrides: str) -> Path:
         if tag not in self.done:
             run = self.root / tag
-            proc = apo_train("experiment=tiny", *overrides, f"hydra.run.dir={run}", timeout=1200)
+            # the human pairs from the task, not sampled by the warm-started policy: sampling is
+            # seeded per rank, so 1 and 2 processes would label different pairs
+            proc = apo_train(
+                "experiment=tiny",
+                "data.human_pairs_from=task",
+                *overrides,
+                f"hydra.run.dir={run}",
+                timeout=1200,
+            )
             assert proc.returncode == 0, proc.stderr[-4000:]
             (run / "output.log").write_text(proc.stdout + proc.stderr)
             self.done[tag] = run

@@ -158,13 +158,16 @@ def sample(
     ref_model: nn.Module | None = None,
     greedy: bool = False,
     stop_together: Callable[[bool], bool] | None = None,
+    lockstep: bool | None = None,
 ) -> list[list[list[int]]]:
     """`num_samples` responses per left-padded prompt: `[B][K]` lists of token ids, eos excluded.
 
     `spec.mixture > 0` samples the geometric mixture with `ref_model`; `greedy` takes the most
     likely token instead of sampling. `stop_together(done)` is True when every rank is done
     (e.g. the strategy's `reduce_boolean_decision`); it is called at each step when a model is
-    sharded, whose forward is a collective, so that every rank runs the same number of steps."""
+    sharded, whose forward is a collective, so that every rank runs the same number of steps.
+    `lockstep` (None = when a model is sharded) keeps finished rows in the batch; the samples of
+    a seed are the same either way."""
     mixture, temperature, max_new_tokens = spec.mixture, spec.temperature, spec.max_new_tokens
     top_k, top_p = spec.top_k, spec.top_p
     if mixture > 0 and ref_model is None:
@@ -178,32 +181,51 @@ def sample(
     # A sharded model gathers its weights in every forward, a collective: all ranks must run
     # the same number of steps, so they stop together when every rank's rows are done (and
     # keep their finished rows, so no rank's batch runs empty).
-    lockstep = any(sharding(s.model) is not None for s in streams)
+    if lockstep is None:
+        lockstep = any(sharding(s.model) is not None for s in streams)
     #: the rows of `out` still in the batch, and which of them have finished
     live = torch.arange(n, device=ids.device)
     done = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    #: lockstep keeps every row, but draws only for the rows a dropping batch would still hold
+    #: and stops drawing once its own rows are done: the same random numbers for the same rows
+    #: as without lockstep, so a sharded engine samples what DDP does for a seed
+    held = torch.ones(n, dtype=torch.bool, device=ids.device)
+    mine_done = False
     out = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=ids.device)
     for t in range(max_new_tokens):
         logp = torch.log_softmax(streams[0].logits / max(temperature, 1e-6), -1)
         if mixture > 0:
             ref_logp = torch.log_softmax(streams[1].logits / max(temperature, 1e-6), -1)
             logp = torch.log_softmax((1 - mixture) * logp + mixture * ref_logp, -1)
-        token = logp.argmax(-1) if greedy else _draw(_filter(logp, top_k, top_p).softmax(-1))
+        if greedy:
+            token = logp.argmax(-1)
+        elif not lockstep:
+            token = _draw(_filter(logp, top_k, top_p).softmax(-1))
+        else:
+            token = torch.full_like(done, pad_token_id, dtype=torch.long)
+            if not mine_done:
+                rows = held.nonzero()[:, 0]
+                token[rows] = _draw(_filter(logp[rows], top_k, top_p).softmax(-1))
         token = torch.where(done, torch.full_like(token, pad_token_id), token)
         out[live, t] = token
         done |= token == eos_token_id
-        n_done = int(done.sum())
-        finished = n_done == len(live)
+        n_done, n_held = int((done & held).sum()), int(held.sum())
+        mine_done = mine_done or n_done == n_held
+        finished = mine_done
         if lockstep and stop_together is not None:
             finished = stop_together(finished)
         if finished or t == max_new_tokens - 1:
             break
-        if not lockstep and n_done * DROP_AT >= len(live):
-            # finished rows leave the batch (their cache rows too): later steps cost less
-            rows = (~done).nonzero()[:, 0]
-            live, token, att, done = live[rows], token[rows], att[rows], done[rows]
-            for s in streams:
-                s.keep(rows)
+        if n_done * DROP_AT >= n_held:
+            if lockstep:
+                held &= ~done
+            else:
+                # finished rows leave the batch (their cache rows too): later steps cost less
+                rows = (~done).nonzero()[:, 0]
+                live, token, att, done = live[rows], token[rows], att[rows], done[rows]
+                held = held[rows] & ~done
+                for s in streams:
+                    s.keep(rows)
         att = torch.cat([att, torch.ones_like(att[:, :1])], dim=-1)
         for s in streams:
             s.step(token, att)
