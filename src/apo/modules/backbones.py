@@ -212,14 +212,14 @@ def build_player(
     seed: int,
     tokenizer: PreTrainedTokenizerBase,
     own_tokenizer: bool = True,
-    positions: int = 0,
 ) -> tuple[Any, PreTrainedTokenizerBase]:
     """`(model, tokenizer)` of the `policy` or `rm` player from its config node.
 
     `model_name_or_path: null` builds a tiny model from `backbone` with `tokenizer` (the task's);
     a directory loads that checkpoint and its tokenizer (`tokenizer` instead, when
     `own_tokenizer` is false: both players load one directory). `lora.r` adds LoRA adapters.
-    `positions` is the longest sequence the game feeds it (checked against a checkpoint).
+    A checkpoint's positions are checked once the token budgets are known
+    (`apo.game.players.check_positions`).
     """
     if kind not in ("policy", "rm"):
         raise ValueError(f"build_player: kind must be 'policy' or 'rm', got {kind!r}")
@@ -239,7 +239,6 @@ def build_player(
             model = load_causal_lm(d, tokenizer, key, trust)
         else:
             model = load_sequence_classifier(d, tokenizer, key, seed, trust)
-        check_model_positions(model, positions, key, d)
     if cfg.get("activation_checkpointing"):
         # non-reentrant: recomputes correctly when only adapters (LoRA) or the head train
         kwargs = {"use_reentrant": False}
