@@ -6,7 +6,15 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from apo.modules.logps import _full_logps, _head_of, sequence_logps, token_entropy, token_logps
+from apo.modules.logps import (
+    _full_logps,
+    _full_token_logps,
+    _head_of,
+    per_token_logps,
+    sequence_logps,
+    token_entropy,
+    token_logps,
+)
 
 
 def _llama(vocab: int, seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
@@ -54,6 +62,23 @@ def test_response_only_equals_the_full_computation(vocab: int, chunk: int, tie: 
     rtol = 0.0 if chunk >= vocab else 1e-6
     for a, b in zip(ours, full):
         assert torch.allclose(a, b, atol=1e-6, rtol=rtol), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("chunk", [8192, 64])
+def test_per_token_values_equal_the_full_computation(chunk: int):
+    """The online RL fit's per-token log-probs and entropies (zero outside the response)."""
+    model = _llama(300)
+    ids, att, loss = _batch(300)
+    with torch.no_grad():
+        lp_full, ent_full = _full_token_logps(model, ids, att, loss, entropy=True)
+        lp, ent = per_token_logps(model, ids, att, loss, entropy=True, chunk=chunk)
+        lp_only, none = per_token_logps(model, ids, att, loss, chunk=chunk)
+    assert lp.shape == (ids.shape[0], ids.shape[1] - 1) and none is None
+    outside = loss[:, 1:] == 0
+    assert (lp[outside] == 0).all() and (ent[outside] == 0).all()
+    assert (lp[~outside] < 0).all() and (ent[~outside] > 0).all()
+    assert torch.allclose(lp, lp_full, atol=1e-6) and torch.allclose(ent, ent_full, atol=1e-6)
+    assert torch.equal(lp_only, lp)
 
 
 @pytest.mark.parametrize("chunk", [8192, 64])

@@ -144,18 +144,56 @@ def token_entropy(hidden: torch.Tensor, head: nn.Linear, chunk: int = VOCAB_CHUN
     return ent
 
 
-def _full_logps(model, input_ids, attention_mask, loss_mask, entropy):
+def _full_token_logps(model, input_ids, attention_mask, loss_mask, entropy):
     """Every position projected, then masked: the path of models `_head_of` cannot split."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
     targets = input_ids[:, 1:]
     tok_logp = -F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
     m = loss_mask[:, 1:].to(tok_logp.dtype)
     if not entropy:
-        return (tok_logp * m).sum(-1), m.sum(-1)
+        return tok_logp * m, None
     with torch.no_grad():
         logp_all = torch.log_softmax(logits.float(), -1)
         tok_ent = -(logp_all.exp() * logp_all).sum(-1)
-    return (tok_logp * m).sum(-1), m.sum(-1), (tok_ent * m).sum(-1)
+    return tok_logp * m, tok_ent * m
+
+
+def _full_logps(model, input_ids, attention_mask, loss_mask, entropy):
+    """`sequence_logps` by the full path (the reference the tests hold the split path to)."""
+    tok_logp, tok_ent = _full_token_logps(model, input_ids, attention_mask, loss_mask, entropy)
+    counts = loss_mask[:, 1:].to(tok_logp.dtype).sum(-1)
+    if not entropy:
+        return tok_logp.sum(-1), counts
+    return tok_logp.sum(-1), counts, tok_ent.sum(-1)
+
+
+def per_token_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    loss_mask: torch.Tensor,
+    entropy: bool = False,
+    chunk: int = VOCAB_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`[N, T - 1]` log-likelihood of each next token that `loss_mask[:, 1:]` marks (zero
+    elsewhere) and, with `entropy`, the entropy of the distribution it was drawn from (else
+    None). Only the positions that predict a `loss_mask` token go through the LM head."""
+    split = _head_of(model)
+    if split is None:
+        return _full_token_logps(model, input_ids, attention_mask, loss_mask, entropy)
+    decoder, head = split
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+    m = loss_mask[:, 1:].bool()
+    rows, cols = m.nonzero(as_tuple=True)
+    # position t predicts token t + 1: the hidden states before each response token
+    h = hidden[rows, cols]
+    targets = input_ids[rows, cols + 1]
+
+    def scatter(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(m.shape, dtype=v.dtype, device=v.device).index_put((rows, cols), v)
+
+    tok_logp = scatter(token_logps(h, head, targets, chunk))
+    return tok_logp, scatter(token_entropy(h, head, chunk)) if entropy else None
 
 
 def sequence_logps(
@@ -167,27 +205,10 @@ def sequence_logps(
     chunk: int = VOCAB_CHUNK,
 ) -> tuple[torch.Tensor, ...]:
     """Summed log-likelihood of the `loss_mask` tokens of each row `[N, T]` and their count;
-    with `entropy`, also the summed entropy of the model's next-token distributions there.
-
-    Only the positions that predict a `loss_mask` token go through the LM head."""
-    split = _head_of(model)
-    if split is None:
-        return _full_logps(model, input_ids, attention_mask, loss_mask, entropy)
-    decoder, head = split
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-    m = loss_mask[:, 1:].bool()
-    rows, cols = m.nonzero(as_tuple=True)
-    # position t predicts token t + 1: the hidden states before each response token
-    h = hidden[rows, cols]
-    targets = input_ids[rows, cols + 1]
-    counts = m.sum(-1).float()
-
-    def per_row(v: torch.Tensor) -> torch.Tensor:
-        # back into `[N, T - 1]` and summed per row: the full path's reduction, bit for bit
-        full = torch.zeros(m.shape, dtype=v.dtype, device=v.device).index_put((rows, cols), v)
-        return full.sum(-1)
-
-    logps = per_row(token_logps(h, head, targets, chunk))
-    if not entropy:
-        return logps, counts
-    return logps, counts, per_row(token_entropy(h, head, chunk))
+    with `entropy`, also the summed entropy of the model's next-token distributions there."""
+    tok_logp, tok_ent = per_token_logps(model, input_ids, attention_mask, loss_mask, entropy, chunk)
+    # summed per row over `[N, T - 1]`: the full path's reduction, bit for bit
+    counts = loss_mask[:, 1:].bool().sum(-1).to(tok_logp.dtype)
+    if tok_ent is None:
+        return tok_logp.sum(-1), counts
+    return tok_logp.sum(-1), counts, tok_ent.sum(-1)

@@ -21,23 +21,9 @@ from apo.losses.rl import (
     kl_per_token,
     rloo_advantages,
 )
+from apo.modules.logps import per_token_logps
 from apo.modules.sampling import SamplingSpec, sample
 from apo.strategies import build_optimizer, shard
-
-
-def token_logps(
-    model: nn.Module, ids: torch.Tensor, att: torch.Tensor, loss_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-likelihood `[N, T-1]` of each next token and the entropy of the
-    distribution it was drawn from, zero outside `loss_mask[:, 1:]` (the response tokens)."""
-    logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
-    logp_all = torch.log_softmax(logits, -1)
-    tok = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    m = loss_mask[:, 1:].bool()
-    with torch.no_grad():
-        ent = -(logp_all.exp() * logp_all).sum(-1)
-    zeros = torch.zeros_like(tok)
-    return torch.where(m, tok, zeros), torch.where(m, ent, zeros)
 
 
 class OnlinePolicyModule(L.LightningModule):
@@ -128,8 +114,8 @@ class OnlinePolicyModule(L.LightningModule):
             loss_mask[i, len(p) : len(s)] = 1
         ids, att, loss_mask = (t.to(self.device) for t in (ids, att, loss_mask))
         t1 = time.perf_counter()
-        old, ent = token_logps(self.model, ids, att, loss_mask)
-        ref, _ = token_logps(self.ref_model, ids, att, loss_mask)
+        old, ent = per_token_logps(self.model, ids, att, loss_mask, entropy=True)
+        ref, _ = per_token_logps(self.ref_model, ids, att, loss_mask)
         t2 = time.perf_counter()
         texts = [p for p in batch["prompts"] for _ in range(self.k)]
         rmb = {
@@ -199,7 +185,7 @@ class OnlinePolicyModule(L.LightningModule):
         t0 = time.perf_counter()
         for _ in range(rl["epochs"]):
             for idx in parts:
-                lp, _ = token_logps(
+                lp, _ = per_token_logps(
                     self.model, ro["ids"][idx], ro["att"][idx], ro["loss_mask"][idx]
                 )
                 loss, st = clipped_policy_loss(lp, ro["old"][idx], adv[idx], m[idx], rl["clip"])
