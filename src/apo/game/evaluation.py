@@ -117,6 +117,7 @@ class Evaluator:
             # nats per response token, over the policy's own test samples: a collapse monitor
             "policy/entropy": sum(flat("entropy")) / max(sum(flat("lengths")), 1.0),
         }
+        m.update(self.disagreement(scores, val, samples.get("policy") if r > 0 else None))
         if keys.exact_match:
             m[keys.exact_match] = mean([float(o == 1.0) for o in flat("judge")])
         if r > 0:
@@ -149,6 +150,29 @@ class Evaluator:
             judge_by_prompt=now,
             rm_scores={"test_samples": flat("rm_scores"), **self.chosen_rejected(val_rewards)},
         )
+
+    @staticmethod
+    def disagreement(
+        test: list[dict[str, Any]],
+        val: list[dict[str, Any]],
+        samples: list[dict[str, Any]] | None,
+    ) -> dict[str, float]:
+        """An RM ensemble's spread (mean std over its members) on the policy's test samples, on
+        the held-out human responses, their ratio (above 1: the policy's samples are where the
+        RM is unsure, an oracle-free sign of distribution shift) and on the round's training
+        samples of the policy split. Nothing for a single RM."""
+        if not test or "rewards_std" not in test[0]:
+            return {}
+        on_test = mean([x for s in test for x in s["rewards_std"]])
+        on_val = mean([x for s in val for x in s["rewards_std"]])
+        out = {
+            "rm/ensemble/std_test": on_test,
+            "rm/ensemble/std_val": on_val,
+            "rm/ensemble/std_ratio": on_test / on_val if on_val > 0 else math.nan,
+        }
+        if samples and "rm_std" in samples[0]:
+            out["rm/ensemble/std_samples"] = mean([x for rec in samples for x in rec["rm_std"]])
+        return out
 
     def chosen_rejected(self, val_rewards: list[list[float]]) -> dict[str, list[float]]:
         """The held-out pairs' rewards split into the annotators' chosen response (the highest

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from apo.data.collate import ListDataset, ListwiseCollator
 from apo.game.plan import RoundPlan
 from apo.game.players import reward_module
+from apo.modules.ensemble import members
 from apo.modules.online import OnlinePolicyModule, rollout_collate
 
 if TYPE_CHECKING:
@@ -25,8 +26,11 @@ def online_fit(game: GameLoop, r: int, plan: RoundPlan) -> tuple[OnlinePolicyMod
     if rl["advantage"] == "gae":
         # PPO's value model starts as a copy of the round's RM (Stiennon et al. 2020) and is
         # trained with the policy; it lives for this fit only
+        # (an ensemble's first member)
         critic = reward_module(
-            copy.deepcopy(players.rm), players.pooling, players.rm_tokenizer.eos_token_id
+            copy.deepcopy(members(players.rm)[0]),
+            players.pooling,
+            players.rm_tokenizer.eos_token_id,
         )
     collate = ListwiseCollator(players.rm_tokenizer.pad_token_id, "score")
 
@@ -60,6 +64,7 @@ def online_fit(game: GameLoop, r: int, plan: RoundPlan) -> tuple[OnlinePolicyMod
         seed=int(cfg.seed) * 10007 + 3000 + r,
         grad_clip=None if grad_clip is None else float(grad_clip),
         log_prefix="policy/train",
+        uncertainty_penalty=float(cfg.game.uncertainty_penalty),
     )
     items: list[dict[str, Any]] = [
         {"prompt": p, "prompt_ids": dm.prompt_ids(p)} for p in dm.data.policy_prompts

@@ -14,6 +14,7 @@ from apo.game.evaluation import Evaluation
 from apo.game.players import Players
 from apo.judges import JudgeKeys
 from apo.logger import GameTensorBoardLogger
+from apo.modules.ensemble import member_state, members
 from apo.records import atomic_file, round_dir, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -120,19 +121,29 @@ class RoundWriter:
                     if "logps" in rec
                     else {}
                 ),
+                # an RM ensemble's members' mean and std (rm_score is the shaped reward)
+                **(
+                    {"rm_mean": rec["rm_mean"][j], "rm_std": rec["rm_std"][j]}
+                    if "rm_std" in rec
+                    else {}
+                ),
             }
             for rec in recs
             for j, t in enumerate(rec["texts"])
         ]
 
     def export(self, players: Players, weights: dict[str, dict], dirs: list[Path]) -> None:
-        """Both players as plain transformers checkpoints in `<dir>/policy` and `<dir>/rm`."""
+        """Both players as plain transformers checkpoints in `<dir>/policy` and `<dir>/rm` (an RM
+        ensemble's members in `<dir>/rm/member_<i>`, each a checkpoint of its own)."""
+        rms = members(players.rm)
         for out in dirs:
-            for name, model, tok in (
-                ("policy", players.policy, players.tokenizer),
-                ("rm", players.rm, players.rm_tokenizer),
-            ):
-                save_player(model, tok, out / name, state_dict=weights[name])
+            save_player(players.policy, players.tokenizer, out / "policy", weights["policy"])
+            if len(rms) == 1:
+                save_player(players.rm, players.rm_tokenizer, out / "rm", weights["rm"])
+                continue
+            for i, member in enumerate(rms):
+                state = member_state(weights["rm"], i)
+                save_player(member, players.rm_tokenizer, out / "rm" / f"member_{i}", state)
 
     def text(self, test: list[dict[str, Any]]) -> str:
         """A Markdown table of the first test samples for TensorBoard's text tab."""

@@ -22,6 +22,7 @@ from apo.game import human_pairs
 from apo.game.trainers import timed
 from apo.guards import check_finite, check_health, check_limits
 from apo.losses.objectives import SFT
+from apo.rewards import penalised
 
 if TYPE_CHECKING:
     from apo.game.loop import GameLoop
@@ -198,13 +199,18 @@ def rm_fit(game: GameLoop, r: int) -> None:
 
 @phase("score")
 def score(game: GameLoop, r: int) -> None:
-    """The re-trained RM and the judge score this round's samples of both splits."""
+    """The re-trained RM and the judge score this round's samples of both splits (an RM
+    ensemble's mean less `game.uncertainty_penalty` times its std: `apo.rewards`)."""
     rm, trainer = game.players.rm_module(), game.trainers.make("rm")
     dm = game.dm
     for split, recs in game.state.samples.items():
         loader = dm.listwise_loader(dm.sample_items(recs, "rm"), "score")
+        kappa = float(game.cfg.game.uncertainty_penalty)
         for rec, s in zip(recs, game.trainers.predict("rm", rm, loader, trainer)):
             rec["rm_scores"] = s["rewards"]
+            if "rewards_std" in s:  # an RM ensemble: the reward less its uncertainty
+                rec["rm_mean"], rec["rm_std"] = s["rewards"], s["rewards_std"]
+                rec["rm_scores"] = penalised(s["rewards"], s["rewards_std"], kappa)
         check_finite(
             (x for rec in recs for x in rec["rm_scores"]),
             f"round {r}: the RM's scores of the {split} split's samples",

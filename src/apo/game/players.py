@@ -20,6 +20,7 @@ from apo.distributed import plain_copy, skeleton
 from apo.losses.objectives import PolicyObjective
 from apo.losses.rm_objective import RMObjective
 from apo.modules.backbones import build_player, check_model_positions
+from apo.modules.ensemble import RMEnsemble, member_seeds, members
 from apo.modules.policy import PolicyModule
 from apo.modules.reward import RewardModule
 from apo.modules.sampling import SamplingSpec
@@ -34,10 +35,14 @@ def reward_module(
     objective: RMObjective | None = None,
     optimizer: Optimizer | None = None,
     log_prefix: str | None = None,
+    bootstrap: float = 0.0,
+    bag_seed: int = 0,
 ) -> RewardModule:
     """A RewardModule around `model`: for a fit (`objective`, `optimizer`, `log_prefix`) or for
     scoring (none of them). The game, its test RM and the step commands all build it here."""
-    return RewardModule(model, pooling, eos_token_id, objective, optimizer, log_prefix)
+    return RewardModule(
+        model, pooling, eos_token_id, objective, optimizer, log_prefix, bootstrap, bag_seed
+    )
 
 
 @dataclass
@@ -55,6 +60,10 @@ class Players:
     ref: nn.Module | None = None
     #: the warm-start RM, kept to start every round's RM fit from (`game.rm_init: base`)
     rm_base: nn.Module | None = None
+    #: an RM ensemble's bags of human pairs (`rm.ensemble.bootstrap`) and the seed they are
+    #: drawn from
+    rm_bootstrap: float = 0.0
+    rm_bag_seed: int = 0
     #: the players' architectures without weights, to copy the reference (and the base RM) from
     #: once the players are sharded (taken before any fit; not submodules, so no engine wraps
     #: them)
@@ -92,7 +101,14 @@ class Players:
         """The RM for a fit with `objective` (logging under `log_prefix`), or for scoring."""
         optimizer = self.rm_optimizer if objective is not None else None
         return reward_module(
-            self.rm, self.pooling, self.rm_tokenizer.eos_token_id, objective, optimizer, log_prefix
+            self.rm,
+            self.pooling,
+            self.rm_tokenizer.eos_token_id,
+            objective,
+            optimizer,
+            log_prefix,
+            self.rm_bootstrap,
+            self.rm_bag_seed,
         )
 
     def policy_module(
@@ -118,16 +134,19 @@ def _prompt_format(player_cfg: DictConfig) -> dict[str, Any]:
 def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> Players:
     """Each player: a tiny model from `backbone` with the task's tokenizer, or a checkpoint
     directory (`model_name_or_path`) with its own tokenizer. The policy is built first (from
-    `seed`), then the RM (from `seed + 1`)."""
+    `seed`), then the RM (from `seed + 1`; the members of an ensemble of `rm.ensemble.size`
+    from `apo.modules.ensemble.member_seeds`, the first being the single RM)."""
     policy, tokenizer = build_player("policy", cfg.policy, cfg.seed, task_tokenizer)
     same = cfg.rm.get("model_name_or_path") == cfg.policy.get("model_name_or_path")
-    rm, rm_tokenizer = build_player(
-        "rm",
-        cfg.rm,
-        cfg.seed + 1,
-        tokenizer if same else task_tokenizer,
-        own_tokenizer=not same,
-    )
+    ensemble = cfg.rm.ensemble
+    built = [
+        build_player(
+            "rm", cfg.rm, seed, tokenizer if same else task_tokenizer, own_tokenizer=not same
+        )
+        for seed in member_seeds(cfg.seed + 1, int(ensemble.size))
+    ]
+    rm_tokenizer = built[0][1]
+    rm = built[0][0] if len(built) == 1 else RMEnsemble([m for m, _ in built])
     return Players(
         policy=policy,
         rm=rm,
@@ -136,6 +155,8 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         pooling=str(cfg.rm.pooling),
         policy_optimizer=instantiate(cfg.policy.optimizer),
         rm_optimizer=instantiate(cfg.rm.optimizer),
+        rm_bootstrap=float(ensemble.bootstrap),
+        rm_bag_seed=int(cfg.seed),
     )
 
 
@@ -147,7 +168,7 @@ def check_positions(cfg: DictConfig, players: Players) -> None:
         "policy": max(d.max_len, d.max_prompt_len + int(cfg.policy.generation.max_new_tokens)),
         "rm": d.max_len,
     }
-    for kind, model in (("policy", players.policy), ("rm", players.rm)):
+    for kind, model in (("policy", players.policy), ("rm", members(players.rm)[0])):
         path = cfg[kind].get("model_name_or_path")
         if path is not None:
             check_model_positions(model, int(needed[kind]), f"{kind}.model_name_or_path", path)

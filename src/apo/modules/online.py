@@ -23,6 +23,7 @@ from apo.losses.rl import (
 )
 from apo.modules.logps import per_token_logps
 from apo.modules.sampling import SamplingSpec, sample
+from apo.rewards import penalised
 from apo.strategies import build_optimizer, shard
 
 
@@ -44,6 +45,7 @@ class OnlinePolicyModule(L.LightningModule):
         seed: seeds each step's sampling, per rank.
         grad_clip: the gradient norm clipped to (manual optimisation clips itself).
         log_prefix: e.g. `policy/train`.
+        uncertainty_penalty: kappa of the reward `mean - kappa * std` of an RM ensemble.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class OnlinePolicyModule(L.LightningModule):
         seed: int,
         grad_clip: float | None,
         log_prefix: str,
+        uncertainty_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -73,13 +76,14 @@ class OnlinePolicyModule(L.LightningModule):
         self.rl, self.optimizer_factory, self.lr = rl, optimizer, lr
         self.sampling, self.k = sampling, num_samples
         self.rm_batch, self.gold, self.decode = rm_batch, gold, decode
+        self.kappa = uncertainty_penalty
         self.eos, self.pad, self.seed = eos_token_id, pad_token_id, seed
         self.grad_clip, self.log_prefix = grad_clip, log_prefix
         #: seconds of every step's parts: sampling, log-probs, scoring, update
         self.split: dict[str, list[float]] = {"sample": [], "logps": [], "score": [], "update": []}
 
     def configure_model(self) -> None:
-        roots = [self.model, self.ref_model, self.rm.model.base_model, self.rm.model.score]
+        roots = [self.model, self.ref_model, *self.rm.shard_roots()]
         if self.critic is not None:
             roots += [self.critic.model.base_model, self.critic.model.score]
         shard(self, roots, frozen=[self.ref_model, self.rm.model])
@@ -122,7 +126,8 @@ class OnlinePolicyModule(L.LightningModule):
             k: v.to(self.device) if torch.is_tensor(v) else v
             for k, v in self.rm_batch(texts, flat).items()
         }
-        scores = self.rm.listwise_rewards(rmb).reshape(-1)
+        mean, sd = self.rm.listwise_spread(rmb)
+        scores = penalised(mean, sd, self.kappa).reshape(-1)
         self.split["sample"].append(t1 - t0)
         self.split["logps"].append(t2 - t1)
         self.split["score"].append(time.perf_counter() - t2)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from apo.losses.rm_objective import RMObjective
+from apo.modules.ensemble import bag_mask, members, spread
 from apo.strategies import build_optimizer, shard
 
 POOLINGS = ("last", "eos", "average", "max")
@@ -35,6 +36,12 @@ class RewardModule(L.LightningModule):
         objective: the loss of a fit; None for a module that only predicts.
         optimizer: a partial optimizer factory taking the parameters (fits only).
         log_prefix: prefix of the logged step metrics (fits only), e.g. `rm/train`.
+        bootstrap, bag_seed: an ensemble's (`apo.modules.ensemble.RMEnsemble`) members each fit
+            on their own bag of the human items, each item in it with probability `bootstrap`
+            (0 = every member sees every item), drawn from `bag_seed`.
+
+    An ensemble's reward is its members' mean (`listwise_spread` gives their std too); every
+    member is fitted on every batch, the loss is the mean of the members' losses.
     """
 
     def __init__(
@@ -45,6 +52,8 @@ class RewardModule(L.LightningModule):
         objective: RMObjective | None = None,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         log_prefix: str | None = None,
+        bootstrap: float = 0.0,
+        bag_seed: int = 0,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -56,11 +65,21 @@ class RewardModule(L.LightningModule):
         self.model = model
         self.pooling, self.eos_token_id = pooling, eos_token_id
         self.objective, self.optimizer_factory, self.log_prefix = objective, optimizer, log_prefix
+        self.bootstrap, self.bag_seed = bootstrap, bag_seed
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards for right-padded sequences `[N, T]` -> `[N]`."""
-        hidden = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
-        values = self.model.score(hidden).squeeze(-1).float()
+        """Rewards for right-padded sequences `[N, T]` -> `[N]` (an ensemble's mean)."""
+        return spread(self.member_rewards(input_ids, attention_mask))[0]
+
+    def member_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Each member's rewards `[M, N]` (M = 1 for a single RM)."""
+        return torch.stack([self._pooled(m, input_ids, attention_mask) for m in members(self.model)])
+
+    def _pooled(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        values = model.score(hidden).squeeze(-1).float()
         m = attention_mask.bool()
         if self.pooling in ("last", "eos"):
             pos = m.long().sum(-1).clamp(min=1) - 1
@@ -76,34 +95,62 @@ class RewardModule(L.LightningModule):
         return values.masked_fill(~m, torch.finfo(values.dtype).min).amax(-1)
 
     def configure_model(self) -> None:
-        # `forward` calls the backbone and the head directly, so each is an FSDP2 root
-        shard(self, [self.model.base_model, self.model.score])
+        shard(self, self.shard_roots())
+
+    def shard_roots(self) -> list[nn.Module]:
+        """`forward` calls each member's backbone and head directly: each is an FSDP2 root."""
+        return [part for m in members(self.model) for part in (m.base_model, m.score)]
+
+    def listwise_member_rewards(self, batch: dict) -> torch.Tensor:
+        """Each member's rewards of a listwise batch `[M, B, k]`."""
+        B, k, T = batch["input_ids"].shape
+        r = self.member_rewards(
+            batch["input_ids"].view(B * k, T), batch["attention_mask"].view(B * k, T)
+        )
+        return r.view(-1, B, k)
+
+    def listwise_spread(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(mean, std)` over the members of a listwise batch's rewards, each `[B, k]`."""
+        return spread(self.listwise_member_rewards(batch))
 
     def listwise_rewards(self, batch: dict) -> torch.Tensor:
-        B, k, T = batch["input_ids"].shape
-        r = self(batch["input_ids"].view(B * k, T), batch["attention_mask"].view(B * k, T))
-        return r.view(B, k)
+        return self.listwise_spread(batch)[0]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.objective is None:
             raise RuntimeError("RewardModule: built without an objective, it can only predict")
         human, apo = batch["human"], batch.get("apo")
-        r_human = self.listwise_rewards(human)
-        args: tuple = ()
+        r_human = self.listwise_member_rewards(human)
+        r_apo = None
         if apo is not None and self.objective.serves_apo:
-            args = (self.listwise_rewards(apo), apo["scores"], apo["mask"])
-        loss, logs = self.objective.loss(r_human, human["scores"], human["mask"], *args)
+            r_apo = self.listwise_member_rewards(apo)
+        losses, logs = [], {}
+        for i in range(r_human.shape[0]):
+            mask = human["mask"]
+            if r_human.shape[0] > 1:
+                mask = bag_mask(mask, human["index"], i, self.bag_seed, self.bootstrap)
+            args = () if r_apo is None else (r_apo[i], apo["scores"], apo["mask"])
+            loss_i, logs_i = self.objective.loss(r_human[i], human["scores"], mask, *args)
+            losses.append(loss_i)
+            for k, v in logs_i.items():  # the members' mean of every logged number
+                logs[k] = logs.get(k, 0.0) + v.detach() / r_human.shape[0]
+        loss = torch.stack(losses).mean()
+        logs["loss"] = loss.detach()
         bs = human["input_ids"].shape[0]
         self.log_dict({f"{self.log_prefix}/{k}": v for k, v in logs.items()}, batch_size=bs)
         return loss
 
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
-        r = self.listwise_rewards(batch)
+        r, sd = self.listwise_spread(batch)
+        ensemble = len(members(self.model)) > 1
         out = []
         for b, idx in enumerate(batch["index"].tolist()):
             n = int(batch["mask"][b].sum())
-            out.append({"index": idx, "rewards": r[b, :n].tolist()})
+            rec = {"index": idx, "rewards": r[b, :n].tolist()}
+            if ensemble:  # the members' disagreement on each response
+                rec["rewards_std"] = sd[b, :n].tolist()
+            out.append(rec)
         return out
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

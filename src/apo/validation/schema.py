@@ -58,6 +58,7 @@ class Game(_Node):
     rm_loss: str
     rm_margin: float = NonNeg
     rm_centering_coeff: float = NonNeg
+    uncertainty_penalty: float = NonNeg
     warm_start_cache: str | None
     round_phases: list[str] = Field(min_length=1)
     guard: Guard
@@ -117,8 +118,14 @@ class Policy(Player):
     generation: Generation
 
 
+class Ensemble(_Node):
+    size: int = Field(ge=1)
+    bootstrap: float = Field(ge=0, lt=1)
+
+
 class RM(Player):
     pooling: Literal["last", "eos", "average", "max"]
+    ensemble: Ensemble
     apo_batch_size: int = Field(ge=1)
     calibration_bins: int = Field(ge=1)
 

@@ -1,0 +1,30 @@
+"""The reward the policy is aligned on, from what the judges of the game say: the RM ensemble's
+mean less an uncertainty penalty (`game.uncertainty_penalty`, kappa):
+
+    r(x, y) = mean_m r_m(x, y) - kappa * std_m r_m(x, y)
+
+Pure functions on lists of a record's per-response numbers; the score phase writes the result
+into a record's `rm_scores` (the raw mean stays in `rm_mean`, the spread in `rm_std`), so every
+policy objective, offline or online, reads the same shaped reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+
+Rewards = TypeVar("Rewards", torch.Tensor, list[float])
+
+
+def penalised(mean: Rewards, std: Rewards | Sequence[float], kappa: float) -> Rewards:
+    """`mean - kappa * std`, per response, for tensors (the online fit's rollouts) or lists (a
+    record's responses); kappa 0 = the mean itself."""
+    if len(mean) != len(std):
+        raise ValueError(f"penalised: {len(mean)} means but {len(std)} stds")
+    if kappa < 0:
+        raise ValueError(f"game.uncertainty_penalty must be >= 0, got {kappa}")
+    if torch.is_tensor(mean):
+        return mean - kappa * std if kappa else mean
+    return [m - kappa * s for m, s in zip(mean, std)] if kappa else list(mean)

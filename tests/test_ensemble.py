@@ -1,0 +1,201 @@
+"""An RM ensemble (`rm.ensemble`): bags, the fit of every member, its mean and spread, the
+shaped reward `mean - kappa * std`, and a game that reports the members' disagreement."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+from apo.game.evaluation import Evaluator
+from apo.game.players import reward_module
+from apo.losses.rm_objective import RMObjective
+from apo.modules.backbones import build_sequence_classifier
+from apo.modules.ensemble import RMEnsemble, bag_mask, member_seeds, member_state, members
+from apo.rewards import penalised
+from apo.train import train
+from tests.conftest import compose_cfg, sort_task
+
+TOK = sort_task().build_tokenizer()
+OBJECTIVE = RMObjective(
+    kl_coeff=1.0,
+    apo_coeff=0.0,
+    apo_loss="ranking",
+    samples_per_prompt=1,
+    human_loss="bradley_terry",
+    margin=0.0,
+    centering_coeff=0.0,
+    weighting="per_part",
+)
+
+
+def _member(seed: int):
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    return build_sequence_classifier(cfg, TOK, seed=seed)
+
+
+def _human_batch(n: int = 6):
+    """`n` items of two responses each (the first preferred), item indices 0..n-1."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 14, (n, 2, 9), generator=g)
+    att = torch.ones_like(ids)
+    att[:, 1, 7:] = 0
+    scores = torch.tensor([[1.0, 0.0]] * n)
+    mask = torch.ones(n, 2)
+    return {
+        "input_ids": ids,
+        "attention_mask": att,
+        "scores": scores,
+        "mask": mask,
+        "index": torch.arange(n),
+    }
+
+
+def test_bags_are_fixed_per_item_and_member_and_never_empty():
+    mask = torch.ones(400, 2)
+    index = torch.arange(400)
+    a = bag_mask(mask, index, member=0, seed=3, rate=0.632)
+    assert torch.equal(a, bag_mask(mask, index, member=0, seed=3, rate=0.632))
+    # served in another order, an item keeps its place in the bag
+    perm = torch.randperm(400)
+    assert torch.equal(bag_mask(mask, index[perm], 0, 3, 0.632), a[perm])
+    kept = a[:, 0].mean().item()
+    assert 0.55 < kept < 0.71, kept
+    b = bag_mask(mask, index, member=1, seed=3, rate=0.632)
+    assert not torch.equal(a, b)  # members bag differently
+    assert torch.equal(bag_mask(mask, index, 1, 3, 0.0), mask)  # 0: every item
+    # a batch whose one item is outside the bag keeps it
+    out = next(i for i in range(400) if a[i, 0] == 0)
+    one = bag_mask(torch.ones(1, 2), torch.tensor([out]), 0, 3, 0.632)
+    assert torch.equal(one, torch.ones(1, 2))
+
+
+def test_an_ensemble_loss_is_the_mean_of_its_members_losses_on_their_bags():
+    ms = [_member(s) for s in member_seeds(1, 3)]
+    module = reward_module(
+        RMEnsemble(ms),
+        "last",
+        TOK.eos_token_id,
+        OBJECTIVE,
+        torch.optim.SGD,
+        "rm/train",
+        bootstrap=0.5,
+        bag_seed=7,
+    )
+    module.log_dict = lambda *a, **k: None  # no Trainer attached here
+    batch = _human_batch()
+    loss = module.training_step({"human": batch}, 0)
+    expected = []
+    for i, m in enumerate(ms):
+        single = reward_module(m, "last", TOK.eos_token_id)
+        r = single.listwise_rewards(batch)
+        mask = bag_mask(batch["mask"], batch["index"], i, 7, 0.5)
+        expected.append(OBJECTIVE.loss(r, batch["scores"], mask)[0])
+    assert torch.allclose(loss, torch.stack(expected).mean(), atol=1e-6)
+    loss.backward()
+    # every member gets a gradient
+    assert all(m.score.weight.grad is not None and m.score.weight.grad.abs().sum() > 0 for m in ms)
+
+
+def test_the_ensemble_scores_with_the_members_mean_and_std():
+    ms = [_member(s) for s in (1, 2, 3)]
+    module = reward_module(RMEnsemble(ms), "last", TOK.eos_token_id).eval()
+    batch = _human_batch()
+    with torch.no_grad():
+        each = torch.stack(
+            [reward_module(m, "last", TOK.eos_token_id).listwise_rewards(batch) for m in ms]
+        )
+        mean, sd = module.listwise_spread(batch)
+        pred = module.predict_step(batch, 0)
+    assert torch.allclose(mean, each.mean(0)) and torch.allclose(sd, each.std(0, unbiased=False))
+    assert (sd > 0).all()
+    assert pred[0]["rewards"] == pytest.approx(mean[0].tolist())
+    assert pred[0]["rewards_std"] == pytest.approx(sd[0].tolist())
+    # a single RM: no spread reported, its rewards unchanged
+    single = reward_module(ms[0], "last", TOK.eos_token_id).eval()
+    with torch.no_grad():
+        one = single.predict_step(batch, 0)
+    assert "rewards_std" not in one[0]
+    assert one[0]["rewards"] == pytest.approx(each[0, 0].tolist())
+
+
+def test_the_shaped_reward_subtracts_kappa_times_the_spread():
+    assert penalised([1.0, 2.0], [0.5, 0.0], 2.0) == [0.0, 2.0]
+    assert penalised([1.0, 2.0], [0.5, 0.1], 0.0) == [1.0, 2.0]
+    t = penalised(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.25]), 2.0)
+    assert torch.equal(t, torch.tensor([0.0, 1.5]))
+    with pytest.raises(ValueError, match="uncertainty_penalty"):
+        penalised([1.0], [0.1], -1.0)
+    with pytest.raises(ValueError, match="2 means but 1 stds"):
+        penalised([1.0, 2.0], [0.1], 1.0)
+
+
+def test_disagreement_metrics_on_hand_made_predictions():
+    test = [{"rewards_std": [0.2, 0.4]}, {"rewards_std": [0.6]}]
+    val = [{"rewards_std": [0.1, 0.3]}]
+    samples = [{"rm_std": [1.0, 3.0]}]
+    m = Evaluator.disagreement(test, val, samples)
+    assert m["rm/ensemble/std_test"] == pytest.approx(0.4)
+    assert m["rm/ensemble/std_val"] == pytest.approx(0.2)
+    assert m["rm/ensemble/std_ratio"] == pytest.approx(2.0)
+    assert m["rm/ensemble/std_samples"] == pytest.approx(2.0)
+    assert Evaluator.disagreement([{"rewards": [1.0]}], val, None) == {}
+    assert math.isnan(
+        Evaluator.disagreement(test, [{"rewards_std": [0.0]}], None)["rm/ensemble/std_ratio"]
+    )
+
+
+def test_an_ensemble_game_reports_disagreement_shapes_rewards_and_exports_members(tmp_path: Path):
+    kappa = 0.5
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "game.rounds=1",
+            "rm.ensemble.size=3",
+            "rm.ensemble.bootstrap=0.632",
+            f"game.uncertainty_penalty={kappa}",
+        ],
+        run_dir=tmp_path / "run",
+    )
+    train(cfg)
+    run = tmp_path / "run"
+    rounds = json.loads((run / "summary.json").read_text())["rounds"]
+    for r in rounds:
+        assert r["rm/ensemble/std_test"] > 0 and r["rm/ensemble/std_val"] > 0
+        assert r["rm/ensemble/std_ratio"] == pytest.approx(
+            r["rm/ensemble/std_test"] / r["rm/ensemble/std_val"]
+        )
+    assert rounds[1]["rm/ensemble/std_samples"] > 0
+    rows = [json.loads(x) for x in (run / "rounds" / "round_01" / "samples.jsonl").open()]
+    assert rows and all(
+        row["rm_score"] == pytest.approx(row["rm_mean"] - kappa * row["rm_std"]) for row in rows
+    )
+    assert any(row["rm_std"] > 0 for row in rows)
+    # each member is a transformers checkpoint of its own, and the members differ
+    loaded = [
+        AutoModelForSequenceClassification.from_pretrained(run / "final" / "rm" / f"member_{i}")
+        for i in range(3)
+    ]
+    w = [m.score.weight for m in loaded]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+
+
+def test_member_state_strips_the_members_prefix():
+    ens = RMEnsemble([_member(1), _member(2)])
+    state = ens.state_dict()
+    one = member_state(state, 1)
+    assert set(one) == set(members(ens)[1].state_dict())
+    assert all(torch.equal(one[k], v) for k, v in members(ens)[1].state_dict().items())
+    with pytest.raises(ValueError, match="at least 2"):
+        RMEnsemble([_member(1)])
