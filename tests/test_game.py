@@ -42,6 +42,17 @@ def test_summary_has_every_round_and_key(tiny_run: Path):
     assert rounds[2]["steps/rm"] > rounds[1]["steps/rm"] > rounds[0]["steps/rm"] > 0
 
 
+def test_best_of_n_is_the_judge_score_of_the_rms_pick_among_the_test_samples(tiny_run: Path):
+    rounds = json.loads((tiny_run / "summary.json").read_text())["rounds"]
+    for r in rounds:
+        rows = read_jsonl(tiny_run / "rounds" / f"round_{r['round']:02d}" / "eval_samples.jsonl")
+        by_prompt: dict[str, list[dict]] = {}
+        for row in rows:
+            by_prompt.setdefault(row["prompt"], []).append(row)
+        picks = [max(rs, key=lambda x: x["rm_score"])["oracle_reward"] for rs in by_prompt.values()]
+        assert r["policy/best_of_n_gold_reward"] == pytest.approx(sum(picks) / len(picks))
+
+
 def test_per_round_files(tiny_run: Path):
     for r in range(3):
         d = tiny_run / "rounds" / f"round_{r:02d}"

@@ -207,6 +207,29 @@ def test_commands_read_a_game_round_dir(tmp_path):
     assert {r["query_id"].split("/")[0] for r in kept} == {"rm", "policy"}
 
 
+def test_generate_best_of_n_keeps_the_rms_pick_of_each_group_of_draws(tmp_path, players, queries):
+    """best_of=3, num_samples=2: the 6 draws of a seed, scored by the RM, best of each 3."""
+    draws, best = tmp_path / "draws.jsonl", tmp_path / "best.jsonl"
+    _generate(players, queries, draws, "num_samples=6")
+    scored = score(
+        step_cfg(
+            "score", [f"rm.path={players}", f"samples={draws}", f"output={tmp_path / 's.json'}"]
+        )
+    )
+    recs = _generate(players, queries, best, "num_samples=2", "best_of=3", f"rm.path={players}")
+    for rec, item in zip(recs, scored):
+        picks = [max(range(g, g + 3), key=lambda j: (item.scores[j], -j)) for g in (0, 3)]
+        assert rec["samples"] == [item.responses[j] for j in picks]
+    assert [r["samples"] for r in load_samples(best)] == [r["samples"] for r in recs]
+
+
+def test_generate_best_of_n_needs_an_rm(tmp_path, players, queries):
+    out = tmp_path / "x.jsonl"
+    with pytest.raises(ValueError, match="best_of > 1 needs rm.path"):
+        _generate(players, queries, out, "best_of=2")
+    assert not out.exists()
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("lines", "match"),

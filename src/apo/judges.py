@@ -55,6 +55,8 @@ class JudgeKeys:
     #: judge score of the RM's pick among a prompt's K samples, and of the judge's own pick
     rm_best: str
     best: str
+    #: judge score of the RM's pick among a test prompt's N samples (best-of-N decoding)
+    best_of_n: str
     #: per-sample score column of the round files
     record: str
     #: the summary table's columns
@@ -73,6 +75,7 @@ ORACLE_KEYS = JudgeKeys(
     samples_reward="game/samples_gold_reward",
     rm_best="game/rm_best_gold_reward",
     best="game/oracle_best_gold_reward",
+    best_of_n="policy/best_of_n_gold_reward",
     record="oracle_reward",
     table=("rm/val/acc", "rm/onpolicy/acc", "policy/gold_reward", "policy/kl", "policy/length"),
     exact_match="policy/exact_match",
@@ -85,6 +88,7 @@ TEST_RM_KEYS = JudgeKeys(
     samples_reward="game/samples_test_rm_reward",
     rm_best="game/rm_best_test_rm_reward",
     best="game/best_test_rm_reward",
+    best_of_n="policy/best_of_n_test_rm_reward",
     record="test_rm_score",
     table=(
         "rm/val/acc",

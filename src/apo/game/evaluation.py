@@ -11,6 +11,7 @@ import torch
 
 from apo.calibration import calibration_errors, preference_probs
 from apo.data.datamodule import GameDataModule
+from apo.decoding import best_of_n
 from apo.game.plan import GamePlan
 from apo.game.players import Players
 from apo.game.trainers import Trainers
@@ -117,6 +118,10 @@ class Evaluator:
             # nats per response token, over the policy's own test samples: a collapse monitor
             "policy/entropy": sum(flat("entropy")) / max(sum(flat("lengths")), 1.0),
         }
+        # decoding-time alignment: the judge's score of the RM's best of the N test samples
+        m[keys.best_of_n] = mean(
+            [rec["judge"][best_of_n(rec["rm_scores"], len(rec["rm_scores"]))[0]] for rec in test]
+        )
         m.update(self.disagreement(scores, val, samples.get("policy") if r > 0 else None))
         if keys.exact_match:
             m[keys.exact_match] = mean([float(o == 1.0) for o in flat("judge")])
@@ -195,10 +200,7 @@ class Evaluator:
     def sample_metrics(self, recs: list[dict[str, Any]]) -> dict[str, float]:
         """How well this round's RM picked among the policy's own training samples."""
         keys = self.judge.keys
-        best = [
-            rec["judge"][max(range(len(rec["judge"])), key=lambda j: rec["rm_scores"][j])]
-            for rec in recs
-        ]
+        best = [rec["judge"][best_of_n(rec["rm_scores"], len(rec["rm_scores"]))[0]] for rec in recs]
         return {
             keys.samples_reward: mean([o for rec in recs for o in rec["judge"]]),
             keys.rm_best: mean(best),

@@ -73,7 +73,9 @@ class RewardModule(L.LightningModule):
 
     def member_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Each member's rewards `[M, N]` (M = 1 for a single RM)."""
-        return torch.stack([self._pooled(m, input_ids, attention_mask) for m in members(self.model)])
+        return torch.stack(
+            [self._pooled(m, input_ids, attention_mask) for m in members(self.model)]
+        )
 
     def _pooled(
         self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor

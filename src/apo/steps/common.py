@@ -272,3 +272,30 @@ def read_queries(path: str | Path) -> list[tuple[str, str]]:
         seen[qid] = where
         out.append((qid, query))
     return out
+
+
+def load_rm(path: str | Path, pooling: str) -> tuple[Any, Any, Path]:
+    """`(scoring RewardModule, its tokenizer, its dir)` of an RM dir or a game round dir."""
+    from transformers import AutoModelForSequenceClassification
+
+    from apo.game.players import reward_module
+    from apo.modules.backbones import reading
+
+    d = model_dir(path, "rm")
+    tok = load_tokenizer(d)
+    with reading("rm.path", d, "reward model"):
+        model = AutoModelForSequenceClassification.from_pretrained(str(d))
+    return reward_module(model, pooling, tok.eos_token_id), tok, d
+
+
+def rm_rewards(
+    cfg: DictConfig, rm: Any, dm: GameDataModule, queries: list[str], samples: list[list[str]]
+) -> list[list[float]]:
+    """The RM's reward of every sample of every query (gathered over ranks, in query order)."""
+    from apo.distributed import predict_gathered
+
+    items = [
+        dm.text_item(i, q, ss, [0.0] * len(ss)) for i, (q, ss) in enumerate(zip(queries, samples))
+    ]
+    out = predict_gathered(make_trainer(cfg), rm, dm.listwise_loader(items, "score"))
+    return [o["rewards"] for o in out]

@@ -1,5 +1,7 @@
 """`apo-generate model=<policy or round dir> prompts=<file> output=<samples file>`: K samples per
-query from a saved policy, written in the APO samples format (`query_id`, `query`, `sample_*`)."""
+query from a saved policy, written in the APO samples format (`query_id`, `query`, `sample_*`).
+With `best_of=N rm.path=<RM or round dir>` each of the K is the RM's pick among N draws
+(best-of-N decoding, `apo.decoding`)."""
 
 from __future__ import annotations
 
@@ -20,18 +22,34 @@ def generate(cfg: DictConfig) -> list[dict]:
     import lightning as L
 
     from apo.data.adapters import write_samples
+    from apo.decoding import best_of_n
     from apo.game.plan import sampling_spec
     from apo.modules.policy import PolicyModule
-    from apo.steps.common import datamodule, load_policy, make_trainer, read_queries
+    from apo.steps.common import (
+        datamodule,
+        load_policy,
+        load_rm,
+        make_trainer,
+        read_queries,
+        rm_rewards,
+    )
 
     if int(cfg.num_samples) < 1:
         raise ValueError(f"num_samples must be at least 1, got {cfg.num_samples}")
+    n = int(cfg.best_of)
+    if n < 1:
+        raise ValueError(f"best_of must be at least 1, got {cfg.best_of}")
+    if n > 1 and cfg.rm.path is None:
+        raise ValueError("best_of > 1 needs rm.path: the RM (or a round dir) that picks the best")
     L.seed_everything(cfg.seed, verbose=False)
     queries = read_queries(cfg.prompts)
     model, tok = load_policy(cfg.model)
+    # loaded before any sampling: a bad RM dir fails before the work is done
+    picker = load_rm(cfg.rm.path, str(cfg.rm.pooling)) if n > 1 else None
     spec = sampling_spec(cfg.generation, mixture=0.0)
     dm = datamodule(tok, cfg)
-    k = int(cfg.num_samples)
+    out_k = int(cfg.num_samples)
+    k = out_k * n
     policy = PolicyModule(model, sampling=spec, seed=int(cfg.seed))
     texts = [
         rec["texts"] for rec in dm.generate(make_trainer(cfg), policy, [q for _, q in queries], k)
@@ -51,9 +69,13 @@ def generate(cfg: DictConfig) -> list[dict]:
                 f"the policy gave an empty response for query_id {qid!r} in {int(cfg.max_retries) + 1} "
                 "tries; raise max_retries or generation.max_new_tokens"
             )
+    if picker is not None:
+        rm, rm_tok, _ = picker
+        rewards = rm_rewards(cfg, rm, datamodule(rm_tok, cfg), [q for _, q in queries], texts)
+        texts = [[ts[i] for i in best_of_n(rs, n)] for ts, rs in zip(texts, rewards)]
     records = [{"query_id": qid, "query": q, "samples": ts} for (qid, q), ts in zip(queries, texts)]
     write_samples(cfg.output, records)
-    log.info("wrote %d queries x %d samples to %s", len(records), k, cfg.output)
+    log.info("wrote %d queries x %d samples to %s", len(records), out_k, cfg.output)
     return records
 
 

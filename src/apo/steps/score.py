@@ -21,21 +21,9 @@ log = logging.getLogger(__name__)
 
 def score(cfg: DictConfig) -> list[ListwiseItem]:
     # imported here: `apo-score --help` must not wait for torch and Lightning
-    from transformers import AutoModelForSequenceClassification
-
     from apo.data.adapters import DataFormatError, write_comparisons
     from apo.data.game_data import ListwiseItem
-    from apo.distributed import predict_gathered
-    from apo.game.players import reward_module
-    from apo.modules.backbones import reading
-    from apo.steps.common import (
-        check_lengths,
-        datamodule,
-        load_tokenizer,
-        make_trainer,
-        model_dir,
-        read_sample_sets,
-    )
+    from apo.steps.common import check_lengths, datamodule, load_rm, read_sample_sets, rm_rewards
 
     path = Path(cfg.samples)
     sets = read_sample_sets(path)
@@ -46,18 +34,11 @@ def score(cfg: DictConfig) -> list[ListwiseItem]:
             "needs at least 2 per query",
             "sample_1",
         )
-    d = model_dir(cfg.rm.path, "rm")
-    tok = load_tokenizer(d)
-    with reading("rm.path", d, "reward model"):
-        model = AutoModelForSequenceClassification.from_pretrained(str(d))
-    rm = reward_module(model, str(cfg.rm.pooling), tok.eos_token_id)
+    rm, tok, d = load_rm(cfg.rm.path, str(cfg.rm.pooling))
     dm = datamodule(tok, cfg)
     sets = check_lengths(dm, path, sets, cfg.overlength)
-    items = [
-        dm.text_item(i, s.query, s.samples, [0.0] * len(s.samples)) for i, s in enumerate(sets)
-    ]
-    out = predict_gathered(make_trainer(cfg), rm, dm.listwise_loader(items, "score"))
-    scored = [ListwiseItem(s.query, s.samples, o["rewards"]) for s, o in zip(sets, out)]
+    rewards = rm_rewards(cfg, rm, dm, [s.query for s in sets], [s.samples for s in sets])
+    scored = [ListwiseItem(s.query, s.samples, r) for s, r in zip(sets, rewards)]
     bad = next((s for s, it in zip(sets, scored) if not all(map(math.isfinite, it.scores))), None)
     if bad is not None:
         raise DataFormatError(d, f"the RM gave a non-finite score for query_id {bad.query_id!r}")
