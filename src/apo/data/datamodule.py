@@ -86,11 +86,15 @@ class GameDataModule(L.LightningDataModule):
         responses: list[str],
         scores: list[float],
         player: str = "policy",
+        margin: float = 0.0,
     ) -> dict:
         enc = self.encoders[player]
         p = self.prompt_ids(prompt, player)
         seqs = [enc.sequence(p, enc.response(r)) for r in responses]
-        return _item(index, p, seqs, scores, enc)
+        item = _item(index, p, seqs, scores, enc)
+        if margin:
+            item["margin"] = margin
+        return item
 
     def ids_item(
         self,
@@ -112,7 +116,7 @@ class GameDataModule(L.LightningDataModule):
 
     def human_items(self, items: list[ListwiseItem], player: str = "policy") -> list[dict]:
         return [
-            self.text_item(i, it.prompt, it.responses, it.scores, player)
+            self.text_item(i, it.prompt, it.responses, it.scores, player, it.margin)
             for i, it in enumerate(items)
         ]
 

@@ -22,6 +22,9 @@ class ListwiseItem:
     #: (the fallback), and the players' chat templates render these messages instead. The text
     #: alone is the item's identity, so it is left out of comparisons.
     messages: Messages | None = field(default=None, compare=False)
+    #: an extra margin the RM's pairwise loss must clear on this item (label denoising's
+    #: adaptive margin, `apo.losses.denoise`); 0 = none
+    margin: float = 0.0
 
 
 @dataclass

@@ -19,7 +19,7 @@ from apo.data.budgets import check_budgets, check_unknown_tokens
 from apo.data.sizing import resolve_sizes
 from apo.data.sources import build_game_data, build_tokenizer, has_oracle
 from apo.distributed import full_state_dict, gather_objects, is_global_zero
-from apo.game import human_pairs
+from apo.game import denoising, human_pairs
 from apo.game.evaluation import Evaluator
 from apo.game.outputs import RoundWriter, write_run_config
 from apo.game.phases import PHASES, START_PHASES, Phase
@@ -271,6 +271,8 @@ class GameLoop:
             players.rm_base.load_state_dict(w["rm_base"])
         if self.state.human_pairs is not None:
             human_pairs.apply(self, self.state.human_pairs)
+        if self.state.denoised is not None:
+            denoising.apply(self, self.state.denoised)
         if prepared and self.judge.needs_prepare:
             self.judge.prepare()
         checkpoint.restore_rng_states(saved["rng"])

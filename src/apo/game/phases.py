@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from apo import warm_cache
 from apo.config import plain
 from apo.distributed import full_state_dict, is_global_zero
-from apo.game import human_pairs
+from apo.game import denoising, human_pairs
 from apo.game.trainers import timed
 from apo.guards import check_finite, check_health, check_limits
 from apo.losses.objectives import SFT
@@ -50,7 +50,7 @@ class Phase:
 
 PHASES: dict[str, Phase] = {}
 #: what round 0 plays, in order
-START_PHASES = ("warm_start", "prepare_judge", "evaluate")
+START_PHASES = ("warm_start", "denoise", "prepare_judge", "evaluate")
 
 
 def phase(
@@ -108,6 +108,15 @@ def warm_start(game: GameLoop, r: int) -> None:
     players.snapshot_reference()
     if game.cfg.game.rm_init == "base":
         players.snapshot_rm_base()
+
+
+@phase("denoise", enabled=denoising.enabled)
+def denoise(game: GameLoop, r: int) -> None:
+    """Label denoising by preference strength (`rm.denoise`, see `apo.game.denoising`): the
+    warm-start RM's verdict on every human training pair flips or drops those it strongly
+    contradicts and sets adaptive margins, for every round's RM fit."""
+    game.state.denoised = denoising.decide(game)
+    denoising.apply(game, game.state.denoised)
 
 
 @phase("prepare_judge", enabled=lambda game: game.judge.needs_prepare)

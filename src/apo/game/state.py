@@ -37,6 +37,9 @@ class GameState:
     #: the human pairs when they come from the warm-started policy (`data.human_pairs_from:
     #: policy`): part (`human_train`, `human_val`) -> `[{"prompt", "responses", "scores"}]`
     human_pairs: dict[str, list[dict[str, Any]]] | None = None
+    #: label denoising's decision on the human training pairs (`rm.denoise`; indices into
+    #: them, see `apo.game.denoising`), re-applied on resume
+    denoised: dict[str, Any] | None = None
     #: what the judge's preparation reported (the test RM's accuracy, its fit time)
     judge_info: dict[str, float] = field(default_factory=dict)
     #: config changes a resume was allowed to make (`resume_allow`): after which phase, what

@@ -15,9 +15,12 @@ import torch.nn.functional as F
 
 from apo.losses.pairs import preference_pairs
 
+#: a constant margin, or one per item as a `[B, 1, 1]` tensor (label denoising's adaptive margin)
+Margin = float | torch.Tensor
+
 
 def bradley_terry(
-    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, margin: float = 0.0
+    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, margin: Margin = 0.0
 ) -> torch.Tensor:
     """Listwise Bradley-Terry loss (Bradley & Terry 1952; Ouyang et al. 2022, Eq. 1).
 
@@ -56,7 +59,7 @@ def _diffs(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _apo(
-    rewards, scores, mask, margin: float, per_pair: Callable[[torch.Tensor], torch.Tensor]
+    rewards, scores, mask, margin: Margin, per_pair: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
     pairs = preference_pairs(scores, mask)
     diff = _diffs(rewards, mask) - margin
@@ -67,7 +70,7 @@ def _apo(
 
 
 def apo_ranking(
-    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, margin: float = 0.0
+    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, margin: Margin = 0.0
 ) -> torch.Tensor:
     """APO adversarial loss, `ranking` type (Cheng et al. 2024, Eq. 8, log-sigmoid form).
 
@@ -78,7 +81,7 @@ def apo_ranking(
 
 
 def apo_diff(
-    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, margin: float = 0.0
+    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, margin: Margin = 0.0
 ) -> torch.Tensor:
     """APO adversarial loss, `diff` type (Cheng et al. 2024, Eq. 7, the WGAN-like linear form).
 
@@ -107,7 +110,7 @@ PAIR_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def pair_sum(
-    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, form: str, margin: float = 0.0
+    rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, form: str, margin: Margin = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`(sum of the per-pair losses, number of pairs)` of a listwise batch, for the losses that
     normalise over a mixed batch (the reference code's weighting, see `RMObjective`)."""

@@ -75,20 +75,23 @@ class RMObjective:
         r_apo: torch.Tensor | None = None,
         apo_scores: torch.Tensor | None = None,
         apo_mask: torch.Tensor | None = None,
+        human_margin: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`(L_RM, parts)` from the rewards of a batch's human items `[B, k]` and, when the
-        objective serves APO items, of its APO items `[B', K + 1]`."""
+        objective serves APO items, of its APO items `[B', K + 1]`; `human_margin [B]` adds a
+        per-item margin to the human pairs' (label denoising's adaptive margin)."""
         apo = r_apo is not None and self.serves_apo
+        m_h: float | torch.Tensor = self.margin
+        if human_margin is not None:
+            m_h = self.margin + human_margin.to(r_human.dtype)[:, None, None]
         if self.weighting == "per_part":
-            loss_h = RM_LOSSES[self.human_loss](
-                r_human, human_scores, human_mask, margin=self.margin
-            )
+            loss_h = RM_LOSSES[self.human_loss](r_human, human_scores, human_mask, margin=m_h)
             loss = self.kl_coeff * loss_h
             loss_a = None
             if apo:
                 loss_a = RM_LOSSES[self.apo_loss](r_apo, apo_scores, apo_mask, margin=self.margin)
         else:
-            s_h, n_h = pair_sum(r_human, human_scores, human_mask, self.human_loss, self.margin)
+            s_h, n_h = pair_sum(r_human, human_scores, human_mask, self.human_loss, m_h)
             total = self.kl_coeff * s_h
             n = n_h
             if apo:

@@ -132,7 +132,9 @@ class RewardModule(L.LightningModule):
             if r_human.shape[0] > 1:
                 mask = bag_mask(mask, human["index"], i, self.bag_seed, self.bootstrap)
             args = () if r_apo is None else (r_apo[i], apo["scores"], apo["mask"])
-            loss_i, logs_i = self.objective.loss(r_human[i], human["scores"], mask, *args)
+            loss_i, logs_i = self.objective.loss(
+                r_human[i], human["scores"], mask, *args, human_margin=human.get("margin")
+            )
             losses.append(loss_i)
             for k, v in logs_i.items():  # the members' mean of every logged number
                 logs[k] = logs.get(k, 0.0) + v.detach() / r_human.shape[0]

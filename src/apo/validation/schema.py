@@ -123,9 +123,16 @@ class Ensemble(_Node):
     bootstrap: float = Field(ge=0, lt=1)
 
 
+class Denoise(_Node):
+    rule: Literal["none", "flip", "drop"]
+    fraction: float = Field(ge=0, le=1)
+    adaptive_margin: float = NonNeg
+
+
 class RM(Player):
     pooling: Literal["last", "eos", "average", "max"]
     ensemble: Ensemble
+    denoise: Denoise
     apo_batch_size: int = Field(ge=1)
     calibration_bins: int = Field(ge=1)
 
