@@ -148,6 +148,24 @@ def test_win_rate_against_baseline(sweep: Path):
     assert "game.apo_coeff=0 objective=rjs" not in wins
 
 
+def test_final_differences_against_start_and_baseline_by_hand(sweep: Path):
+    from apo.report.stats import final_deltas
+
+    d = final_deltas(find_jobs(sweep), "game.apo_coeff=0", "policy/gold_reward")
+    apo, base = d["game.apo_coeff=1.0 objective=rjs"], d["game.apo_coeff=0 objective=rjs"]
+    assert apo["start"][0] == 0.0 and apo["final"][0] == pytest.approx(0.8)
+    assert apo["vs_start"][0] == pytest.approx(0.8)
+    # paired by seed: 0.70 - 0.50, 0.80 - 0.60, 0.90 - 0.55
+    diffs = [0.20, 0.20, 0.35]
+    assert apo["vs_baseline"][0] == pytest.approx(sum(diffs) / 3)
+    assert apo["vs_baseline"][1] == pytest.approx(mean_se(diffs)[1])
+    assert apo["wins"] == (3, 3)
+    assert "vs_baseline" not in base and base["final"][0] == pytest.approx(0.55)
+    text = (build_report(sweep)[1]).split("**Final policy/gold_reward")[1]
+    assert "| `game.apo_coeff=1.0 objective=rjs` | 0.000 ± 0.000 | 0.800 ± 0.058 |" in text
+    assert "| 3/3 |" in text
+
+
 def test_report_files_and_images(sweep: Path, capsys):
     assert main([str(sweep)]) == 0
     printed = capsys.readouterr().out

@@ -21,6 +21,8 @@ from apo.report.plots import plot_metric, plot_reliability, plot_reward_histogra
 from apo.report.rl import overoptimization_table, plot_overoptimization
 from apo.report.stats import (
     cell,
+    deltas_markdown,
+    final_deltas,
     markdown_table,
     mean_se,
     metric_table,
@@ -97,6 +99,11 @@ def build_report(
             lines += [f"![{metric}]({name})", ""]
     write_table_csv(out / "report.csv", tables)
     lines += ["Every number of these tables, unrounded: [report.csv](report.csv)", ""]
+    for metric in ("policy/gold_reward", "policy/test_rm_reward"):
+        deltas = final_deltas(jobs, baseline, metric)
+        if deltas:
+            lines += deltas_markdown(deltas, metric, baseline)
+            break
     wins = win_rates(jobs, baseline)
     (out / "win_rates.csv").unlink(missing_ok=True)  # a stale one would contradict report.md
     if wins:

@@ -143,3 +143,58 @@ def win_rates(jobs: list[Job], baseline: str) -> dict[str, tuple[float, float, i
         if rates:
             out[group] = mean_se(rates)
     return out
+
+
+# ---- paired differences -----------------------------------------------------------------------
+def _final(job: Job, metric: str) -> float | None:
+    v = job.rounds[-1].get(metric) if job.rounds else None
+    return float(v) if v is not None else None
+
+
+def final_deltas(jobs: list[Job], baseline: str, metric: str) -> dict[str, dict[str, tuple]]:
+    """group -> the final round's `metric`: `start` (round 0), `final`, `vs_start` (final minus
+    round 0, per job) and, where the group has a baseline, `vs_baseline` (final minus the
+    baseline's final, paired by seed) with `wins` (pairs with a positive difference, of n).
+    Each is `(mean, se, n)` over seeds; `wins` is `(wins, n)`."""
+    key, _, value = baseline.partition("=")
+    groups = by_group([j for j in jobs if j.complete])
+    out: dict[str, dict[str, tuple]] = {}
+    for group, members in groups.items():
+        finals = {j.seed: _final(j, metric) for j in members}
+        starts = {j.seed: j.rounds[0].get(metric) for j in members}
+        kept = [s for s in finals if finals[s] is not None and starts[s] is not None]
+        if not kept:
+            continue
+        row = {
+            "start": mean_se([float(starts[s]) for s in kept]),
+            "final": mean_se([finals[s] for s in kept]),
+            "vs_start": mean_se([finals[s] - float(starts[s]) for s in kept]),
+        }
+        base = groups.get(baseline_group_of(group, key, value)) if key else None
+        if base is not None and base is not members:
+            theirs = {j.seed: _final(j, metric) for j in base}
+            diffs = [finals[s] - theirs[s] for s in kept if theirs.get(s) is not None]
+            if diffs:
+                row["vs_baseline"] = mean_se(diffs)
+                row["wins"] = (sum(d > 0 for d in diffs), len(diffs))
+        out[group] = row
+    return out
+
+
+def deltas_markdown(deltas: dict[str, dict[str, tuple]], metric: str, baseline: str) -> list[str]:
+    lines = [
+        f"**Final {metric} against the start and against `{baseline}`** (mean ± standard error "
+        "over seeds; the baseline difference is paired by seed, wins = seeds with a positive "
+        "difference)",
+        "",
+        f"| group | start | final | Δ vs start | Δ vs `{baseline}` | wins |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group, row in deltas.items():
+        base = cell(*row["vs_baseline"]) if "vs_baseline" in row else "-"
+        wins = f"{row['wins'][0]}/{row['wins'][1]}" if "wins" in row else "-"
+        lines.append(
+            f"| `{group}` | {cell(*row['start'])} | {cell(*row['final'])} | "
+            f"{cell(*row['vs_start'])} | {base} | {wins} |"
+        )
+    return lines + [""]
