@@ -1,7 +1,11 @@
 """The reward the policy is aligned on, from what the judges of the game say: the RM ensemble's
-mean less an uncertainty penalty (`game.uncertainty_penalty`, kappa):
+mean less an uncertainty penalty (`game.uncertainty_penalty`, kappa) and, in a constrained game
+(`game.cost`), the Lagrange multiplier lambda times the cost model's predicted cost:
 
-    r(x, y) = mean_m r_m(x, y) - kappa * std_m r_m(x, y)
+    r(x, y) = mean_m r_m(x, y) - kappa * std_m r_m(x, y) - lambda * c(x, y)
+
+lambda is the dual variable of `E[c] <= limit` (Safe RLHF): after each round's scoring it moves
+by `lr * (E[c] - limit)` over the policy's samples, and never below 0.
 
 Pure functions on lists of a record's per-response numbers; the score phase writes the result
 into a record's `rm_scores` (the raw mean stays in `rm_mean`, the spread in `rm_std`), so every
@@ -28,3 +32,16 @@ def penalised(mean: Rewards, std: Rewards | Sequence[float], kappa: float) -> Re
     if torch.is_tensor(mean):
         return mean - kappa * std if kappa else mean
     return [m - kappa * s for m, s in zip(mean, std)] if kappa else list(mean)
+
+
+def constrained(rewards: list[float], costs: Sequence[float], lam: float) -> list[float]:
+    """`r - lambda * c`, per response."""
+    if len(rewards) != len(costs):
+        raise ValueError(f"constrained: {len(rewards)} rewards but {len(costs)} costs")
+    return [r - lam * c for r, c in zip(rewards, costs)]
+
+
+def lagrange_step(lam: float, mean_cost: float, limit: float, lr: float) -> float:
+    """One projected dual-ascent step of the multiplier of `E[c] <= limit`: up while the
+    constraint is broken, down (to 0 at most) while it holds."""
+    return max(0.0, lam + lr * (mean_cost - limit))

@@ -65,6 +65,8 @@ def online_fit(game: GameLoop, r: int, plan: RoundPlan) -> tuple[OnlinePolicyMod
         grad_clip=None if grad_clip is None else float(grad_clip),
         log_prefix="policy/train",
         uncertainty_penalty=float(cfg.game.uncertainty_penalty),
+        cost=players.cost_module() if players.cost is not None else None,
+        lagrange=float(game.state.lagrange or 0.0),
     )
     items: list[dict[str, Any]] = [
         {"prompt": p, "prompt_ids": dm.prompt_ids(p)} for p in dm.data.policy_prompts

@@ -121,6 +121,8 @@ class RoundWriter:
                     if "logps" in rec
                     else {}
                 ),
+                # a constrained game's predicted cost (rm_score is then r - lambda * cost)
+                **({"cost_score": rec["cost_scores"][j]} if "cost_scores" in rec else {}),
                 # an RM ensemble's members' mean and std (rm_score is the shaped reward)
                 **(
                     {"rm_mean": rec["rm_mean"][j], "rm_std": rec["rm_std"][j]}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from apo import warm_cache
 from apo.config import plain
 from apo.distributed import full_state_dict, is_global_zero
-from apo.game import denoising, human_pairs
+from apo.game import cost, denoising, human_pairs
 from apo.game.trainers import timed
 from apo.guards import check_finite, check_health, check_limits
 from apo.losses.objectives import SFT
@@ -50,7 +50,7 @@ class Phase:
 
 PHASES: dict[str, Phase] = {}
 #: what round 0 plays, in order
-START_PHASES = ("warm_start", "denoise", "prepare_judge", "evaluate")
+START_PHASES = ("warm_start", "denoise", "cost_model", "prepare_judge", "evaluate")
 
 
 def phase(
@@ -119,6 +119,13 @@ def denoise(game: GameLoop, r: int) -> None:
     denoising.apply(game, game.state.denoised)
 
 
+@phase("cost_model", changes=("cost",), enabled=cost.enabled)
+def cost_model(game: GameLoop, r: int) -> None:
+    """A constrained game's cost model, fitted on the safety annotators' labels of the
+    warm-started policy's samples (`apo.game.cost`)."""
+    game.dm.data.meta.update(cost.fit_cost_model(game))
+
+
 @phase("prepare_judge", enabled=lambda game: game.judge.needs_prepare)
 def prepare_judge(game: GameLoop, r: int) -> None:
     """Whatever the judge needs before it can score (the test RM's one fit)."""
@@ -136,6 +143,10 @@ def evaluate(game: GameLoop, r: int) -> None:
             f"round {r} evaluation: the test samples' {key}",
         )
     m = ev.metrics
+    if cost.enabled(game):
+        m.update(cost.evaluate(game, ev.test))
+        lam = state.lagrange
+        m["game/lagrange"] = float(game.cfg.game.cost.init) if lam is None else lam
     m.update(state.round_metrics)
     state.round_metrics = {}
     m["time/evaluate_s"] = time.perf_counter() - t0
@@ -226,6 +237,8 @@ def score(game: GameLoop, r: int) -> None:
         )
         for rec, j in zip(recs, game.judge.score(recs)):
             rec["judge"] = j
+    if cost.enabled(game):  # r - lambda * c, with this round's step of lambda
+        game.state.round_metrics.update(cost.constrain(game, game.state.samples))
 
 
 def _needs_reference(game: GameLoop) -> bool:
@@ -260,6 +273,8 @@ def policy_fit(game: GameLoop, r: int) -> None:
             _fit(game, r, "policy", "round", module, loader, {"gradient_clip_val": None})
         finally:
             game.players.rm.requires_grad_(True)
+            if game.players.cost is not None:
+                game.players.cost.requires_grad_(True)
         return
     selected = plan.policy.select(state.samples["policy"])
     module = game.players.policy_module(plan.policy, lr=plan.lr, log_prefix="policy/train")

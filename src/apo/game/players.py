@@ -64,6 +64,8 @@ class Players:
     #: drawn from
     rm_bootstrap: float = 0.0
     rm_bag_seed: int = 0
+    #: the cost model of a constrained game (`game.cost.limit`), else None
+    cost: nn.Module | None = None
     #: the players' architectures without weights, to copy the reference (and the base RM) from
     #: once the players are sharded (taken before any fit; not submodules, so no engine wraps
     #: them)
@@ -93,7 +95,13 @@ class Players:
 
     def models(self) -> dict[str, nn.Module | None]:
         """The weights a game state saves, by name."""
-        return {"policy": self.policy, "ref": self.ref, "rm": self.rm, "rm_base": self.rm_base}
+        return {
+            "policy": self.policy,
+            "ref": self.ref,
+            "rm": self.rm,
+            "rm_base": self.rm_base,
+            "cost": self.cost,
+        }
 
     def rm_module(
         self, objective: RMObjective | None = None, log_prefix: str | None = None
@@ -110,6 +118,14 @@ class Players:
             self.rm_bootstrap,
             self.rm_bag_seed,
         )
+
+    def cost_module(self, objective: Any = None, log_prefix: str | None = None) -> RewardModule:
+        """The cost model for its fit (`objective`, a `CostObjective`) or for scoring."""
+        if self.cost is None:
+            raise RuntimeError("cost_module: this game has no cost model (game.cost.limit)")
+        optimizer = self.rm_optimizer if objective is not None else None
+        eos = self.rm_tokenizer.eos_token_id
+        return reward_module(self.cost, self.pooling, eos, objective, optimizer, log_prefix)
 
     def policy_module(
         self,
@@ -147,6 +163,10 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
     ]
     rm_tokenizer = built[0][1]
     rm = built[0][0] if len(built) == 1 else RMEnsemble([m for m, _ in built])
+    cost = None
+    if cfg.game.cost.limit is not None:  # the RM's architecture, from its own seed
+        rm_source = tokenizer if same else task_tokenizer
+        cost = build_player("rm", cfg.rm, cfg.seed + 2, rm_source, own_tokenizer=not same)[0]
     return Players(
         policy=policy,
         rm=rm,
@@ -156,6 +176,7 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         policy_optimizer=instantiate(cfg.policy.optimizer),
         rm_optimizer=instantiate(cfg.rm.optimizer),
         rm_bootstrap=float(ensemble.bootstrap),
+        cost=cost,
         rm_bag_seed=int(cfg.seed),
     )
 

@@ -40,6 +40,8 @@ class GameState:
     #: label denoising's decision on the human training pairs (`rm.denoise`; indices into
     #: them, see `apo.game.denoising`), re-applied on resume
     denoised: dict[str, Any] | None = None
+    #: the Lagrange multiplier of a constrained game (`game.cost`); None before its first step
+    lagrange: float | None = None
     #: what the judge's preparation reported (the test RM's accuracy, its fit time)
     judge_info: dict[str, float] = field(default_factory=dict)
     #: config changes a resume was allowed to make (`resume_allow`): after which phase, what

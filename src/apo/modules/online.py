@@ -46,6 +46,8 @@ class OnlinePolicyModule(L.LightningModule):
         grad_clip: the gradient norm clipped to (manual optimisation clips itself).
         log_prefix: e.g. `policy/train`.
         uncertainty_penalty: kappa of the reward `mean - kappa * std` of an RM ensemble.
+        cost, lagrange: a constrained game's cost model (a scoring `RewardModule`, frozen here)
+            and multiplier: the reward is `r - lagrange * sigmoid(cost logit)` (`apo.rewards`).
     """
 
     def __init__(
@@ -68,6 +70,8 @@ class OnlinePolicyModule(L.LightningModule):
         grad_clip: float | None,
         log_prefix: str,
         uncertainty_penalty: float = 0.0,
+        cost: nn.Module | None = None,
+        lagrange: float = 0.0,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -77,6 +81,9 @@ class OnlinePolicyModule(L.LightningModule):
         self.sampling, self.k = sampling, num_samples
         self.rm_batch, self.gold, self.decode = rm_batch, gold, decode
         self.kappa = uncertainty_penalty
+        self.cost, self.lagrange = cost, lagrange
+        if cost is not None:
+            cost.requires_grad_(False)
         self.eos, self.pad, self.seed = eos_token_id, pad_token_id, seed
         self.grad_clip, self.log_prefix = grad_clip, log_prefix
         #: seconds of every step's parts: sampling, log-probs, scoring, update
@@ -84,13 +91,19 @@ class OnlinePolicyModule(L.LightningModule):
 
     def configure_model(self) -> None:
         roots = [self.model, self.ref_model, *self.rm.shard_roots()]
+        frozen = [self.ref_model, self.rm.model]
+        if self.cost is not None:
+            roots += self.cost.shard_roots()
+            frozen.append(self.cost.model)
         if self.critic is not None:
             roots += [self.critic.model.base_model, self.critic.model.score]
-        shard(self, roots, frozen=[self.ref_model, self.rm.model])
+        shard(self, roots, frozen=frozen)
 
     def on_train_start(self) -> None:
         self.ref_model.eval()
         self.rm.eval()
+        if self.cost is not None:
+            self.cost.eval()
 
     # ---- a rollout -------------------------------------------------------------------------
     @torch.no_grad()
@@ -128,6 +141,9 @@ class OnlinePolicyModule(L.LightningModule):
         }
         mean, sd = self.rm.listwise_spread(rmb)
         scores = penalised(mean, sd, self.kappa).reshape(-1)
+        if self.cost is not None:
+            costs = torch.sigmoid(self.cost.listwise_rewards(rmb)).reshape(-1)
+            scores = scores - self.lagrange * costs
         self.split["sample"].append(t1 - t0)
         self.split["logps"].append(t2 - t1)
         self.split["score"].append(time.perf_counter() - t2)

@@ -61,6 +61,22 @@ class OracleTask(ABC):
         margin = self.annotator_beta * (self.reward(prompt, a) - self.reward(prompt, b))
         return rng.random() < 1.0 / (1.0 + math.exp(-margin))
 
+    def cost(self, prompt: str, response: str) -> float | None:
+        """A second oracle, the cost in [0, 1] of a response (a constraint the policy must keep,
+        e.g. a forbidden pattern); None: the task has none. `game.cost` constrains it."""
+        return None
+
+    def label_cost(self, prompt: str, response: str, rng: random.Random) -> bool:
+        """A simulated safety annotator: True if it labels `response` costly. It sees the cost
+        as a probability and errs with probability `cost_label_noise` (an attribute, 0 when a
+        task does not set one)."""
+        c = self.cost(prompt, response)
+        if c is None:
+            raise NotImplementedError(f"{type(self).__name__} has no cost oracle")
+        noise = float(getattr(self, "cost_label_noise", 0.0))
+        p = c * (1.0 - noise) + (1.0 - c) * noise
+        return rng.random() < p
+
     def build_tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer both players use; saved as `tokenizer.json` in the run directory."""
         if not self.alphabet:

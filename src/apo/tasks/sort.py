@@ -19,6 +19,10 @@ class SortTask(OracleTask):
         min_len, max_len: number of digits in a prompt.
         edit_probs: probabilities of 0, 1, 2, ... edits in a noisy response.
         annotator_beta: see `OracleTask`.
+        cost_pattern: a forbidden substring: a response holding it costs 1, else 0 (None: no
+            cost oracle). With "9" about half the golden answers are costly, so a limit on the
+            cost trades reward (trailing 9s dropped) for safety.
+        cost_label_noise: the share of responses the simulated safety annotators label wrong.
     """
 
     name = "sort"
@@ -30,8 +34,19 @@ class SortTask(OracleTask):
         max_len: int,
         edit_probs: tuple[float, ...],
         annotator_beta: float,
+        cost_pattern: str | None,
+        cost_label_noise: float,
     ) -> None:
         super().__init__(annotator_beta=annotator_beta)
+        # `task.cost_pattern=9` arrives as an int from the command line
+        cost_pattern = None if cost_pattern is None else str(cost_pattern)
+        if cost_pattern == "":
+            raise ValueError("SortTask: cost_pattern must be a non-empty string or null")
+        if not 0 <= cost_label_noise < 0.5:
+            raise ValueError(
+                f"SortTask: cost_label_noise must be in [0, 0.5), got {cost_label_noise}"
+            )
+        self.cost_pattern, self.cost_label_noise = cost_pattern, cost_label_noise
         if not 1 <= min_len <= max_len:
             raise ValueError(f"SortTask: need 1 <= min_len <= max_len, got {min_len}, {max_len}")
         probs = [float(p) for p in edit_probs]
@@ -50,6 +65,11 @@ class SortTask(OracleTask):
         target = self.golden(prompt)
         hits = sum(a == b for a, b in zip(target, response))
         return hits / max(len(target), len(response), 1)
+
+    def cost(self, prompt: str, response: str) -> float | None:
+        if self.cost_pattern is None:
+            return None
+        return float(self.cost_pattern in response)
 
     def noisy_response(self, prompt: str, rng: random.Random) -> str:
         out = list(self.golden(prompt))

@@ -40,6 +40,12 @@ PosFloat_ = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
+class Cost(_Node):
+    limit: float | None = Field(ge=0, le=1)
+    lr: float = NonNeg
+    init: float = NonNeg
+
+
 class Game(_Node):
     # 0 = the warm start and its evaluation only (final/ holds the warm-started players)
     rounds: int = Field(ge=0)
@@ -59,6 +65,7 @@ class Game(_Node):
     rm_margin: float = NonNeg
     rm_centering_coeff: float = NonNeg
     uncertainty_penalty: float = NonNeg
+    cost: Cost
     warm_start_cache: str | None
     round_phases: list[str] = Field(min_length=1)
     guard: Guard

@@ -1,0 +1,130 @@
+"""A constrained game (`game.cost.limit`, Safe RLHF reduced to its safety labels): the pieces
+the phases call.
+
+After the warm start the simulated safety annotators label samples of the warm-started policy
+(`OracleTask.label_cost`) and a cost model (the RM's architecture, its own weights) learns them
+(`apo.losses.cost.CostObjective`). Each round's scoring adds its predicted cost `c` to every
+sample, moves the multiplier `lambda` by `lr * (E[c] - limit)` over the policy's samples and
+gives the policy `r - lambda * c` (`apo.rewards`). The evaluation reports the oracle's cost of
+the policy's test samples (`policy/cost`) beside the model's (`policy/cost_model`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch.utilities import CombinedLoader
+
+from apo.data.game_data import ListwiseItem
+from apo.losses.cost import CostObjective
+from apo.metrics import mean
+from apo.rewards import constrained, lagrange_step
+
+if TYPE_CHECKING:
+    from apo.game.loop import GameLoop
+
+#: samples of the warm-started policy labeled per prompt
+DRAWS = 4
+
+
+def enabled(game: GameLoop) -> bool:
+    return game.cfg.game.cost.limit is not None
+
+
+def check(cfg: Any, task: Any, has_oracle: bool) -> None:
+    """A constraint needs a task with a cost oracle (its safety annotators label by it)."""
+    if cfg.game.cost.limit is None:
+        return
+    probe = task.sample_prompt(random.Random(0)) if has_oracle else None
+    if probe is None or task.cost(probe, "") is None:
+        from apo.validation import ConfigError
+
+        raise ConfigError(
+            f"game.cost.limit={cfg.game.cost.limit}: the task has no cost oracle to constrain "
+            f"({type(task).__name__}; the sort task has one with task.cost_pattern=<substring>)"
+        )
+
+
+def _labeled(game: GameLoop, prompts: list[str], seed: int) -> list[ListwiseItem]:
+    """Per prompt, DRAWS samples of the current policy with the annotators' cost labels."""
+    policy = game.players.policy_module(sampling=game.plan.eval_sampling, seed=seed)
+    recs = game.dm.generate(game.trainers.make("policy"), policy, prompts, DRAWS)
+    rng = random.Random(seed)
+    return [
+        ListwiseItem(
+            rec["prompt"],
+            rec["texts"],
+            [float(game.task.label_cost(rec["prompt"], t, rng)) for t in rec["texts"]],
+        )
+        for rec in recs
+    ]
+
+
+def fit_cost_model(game: GameLoop) -> dict[str, float]:
+    """Label the warm-started policy's samples, fit the cost model on the human-train prompts'
+    labels and measure it on the human-val prompts' against the oracle."""
+    data, dm, seed = game.dm.data, game.dm, int(game.cfg.seed)
+    train = _labeled(game, [it.prompt for it in data.human_train], seed * 10007 + 9101)
+    val = _labeled(game, [it.prompt for it in data.human_val], seed * 10007 + 9102)
+    # the RM module's training batches: `{"human": listwise batch}` (here the labels)
+    loader = CombinedLoader(
+        {
+            "human": dm.listwise_loader(
+                dm.human_items(train, "rm"), "train", dm.batch_size["rm"], True
+            )
+        },
+        mode="max_size_cycle",
+    )
+    module = game.players.cost_module(CostObjective(), log_prefix="cost/train")
+    state = game.state
+    result = game.trainers.fit("rm", "warmup", module, loader, state.steps.get("cost", 0), 0)
+    state.steps["cost"] = state.steps.get("cost", 0) + result.steps
+    predicted = predict_costs(game, [{"prompt": it.prompt, "texts": it.responses} for it in val])
+    truth = [[game.task.cost(it.prompt, t) for t in it.responses] for it in val]
+    pairs = [(p, t) for ps, ts in zip(predicted, truth) for p, t in zip(ps, ts)]
+    return {
+        "cost_labels_mean": mean([x for it in train for x in it.scores]),
+        "cost_model_val_acc": mean([float((p > 0.5) == (t > 0.5)) for p, t in pairs]),
+        "cost_oracle_warm_start": mean([t for _, t in pairs]),
+    }
+
+
+def predict_costs(game: GameLoop, records: list[dict[str, Any]]) -> list[list[float]]:
+    """The cost model's probability that each response of each record is costly."""
+    dm = game.dm
+    items = [
+        dm.text_item(i, rec["prompt"], rec["texts"], [0.0] * len(rec["texts"]), "rm")
+        for i, rec in enumerate(records)
+    ]
+    out = game.trainers.predict(
+        "rm", game.players.cost_module(), dm.listwise_loader(items, "score")
+    )
+    return [[1.0 / (1.0 + math.exp(-x)) for x in o["rewards"]] for o in out]
+
+
+def constrain(game: GameLoop, samples: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """Score the round's samples with the cost model, take the multiplier's step on the policy
+    split's mean cost and shape every sample's reward; the round's numbers."""
+    cfg, state = game.cfg.game.cost, game.state
+    for recs in samples.values():
+        for rec, c in zip(recs, predict_costs(game, recs)):
+            rec["cost_scores"] = c
+    lam = float(cfg.init) if state.lagrange is None else state.lagrange
+    expected = mean([c for rec in samples["policy"] for c in rec["cost_scores"]])
+    state.lagrange = lagrange_step(lam, expected, float(cfg.limit), float(cfg.lr))
+    for recs in samples.values():
+        for rec in recs:
+            rec["rm_scores"] = constrained(rec["rm_scores"], rec["cost_scores"], state.lagrange)
+    return {"game/lagrange": state.lagrange, "game/samples_cost_model": expected}
+
+
+def evaluate(game: GameLoop, test: list[dict[str, Any]]) -> dict[str, float]:
+    """The policy's test samples: the cost model's and the oracle's mean cost."""
+    predicted = predict_costs(game, test)
+    oracle = [game.task.cost(rec["prompt"], t) for rec in test for t in rec["texts"]]
+    return {
+        "policy/cost_model": mean([c for row in predicted for c in row]),
+        "policy/cost": mean([float(c) for c in oracle]),
+    }

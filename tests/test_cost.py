@@ -1,0 +1,102 @@
+"""A constrained game (`game.cost`): the sort task's cost oracle and its annotators, the cost
+model's loss, the multiplier's update and the combined reward, and a game that plays them."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import open_dict
+
+from apo.game import GameLoop
+from apo.losses.cost import CostObjective
+from apo.records import read_jsonl
+from apo.rewards import constrained, lagrange_step
+from apo.train import train
+from apo.validation import ConfigError
+from tests.conftest import compose_cfg, sort_task
+
+
+def test_the_cost_oracle_and_its_annotators():
+    task = sort_task(cost_pattern="9", cost_label_noise=0.0)
+    assert task.cost("9123=", "1239") == 1.0 and task.cost("123=", "123") == 0.0
+    rng = random.Random(0)
+    assert all(task.label_cost("1=", "19", rng) for _ in range(50))
+    assert not any(task.label_cost("1=", "11", rng) for _ in range(50))
+    noisy = sort_task(cost_pattern="9", cost_label_noise=0.2)
+    rng = random.Random(1)
+    wrong = sum(not noisy.label_cost("1=", "19", rng) for _ in range(4000)) / 4000
+    assert wrong == pytest.approx(0.2, abs=0.02)
+    assert sort_task().cost("123=", "9") is None  # the default task has no cost oracle
+    with pytest.raises(NotImplementedError, match="no cost oracle"):
+        sort_task().label_cost("1=", "9", rng)
+
+
+def test_the_cost_models_loss_is_bce_over_the_valid_responses():
+    logits = torch.tensor([[2.0, -1.0, 5.0], [0.5, 0.0, 0.0]])
+    labels = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    loss, logs = CostObjective().loss(logits, labels, mask)
+    x, y = torch.tensor([2.0, -1.0, 5.0, 0.5]), torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert torch.allclose(loss, F.binary_cross_entropy_with_logits(x, y))
+    assert logs["acc"].item() == pytest.approx(0.5)  # right on the first two, wrong on 5.0, 0.5
+    assert not CostObjective().serves_apo
+
+
+def test_the_multiplier_rises_while_the_constraint_is_broken_and_never_goes_below_zero():
+    assert lagrange_step(0.0, mean_cost=0.5, limit=0.2, lr=2.0) == pytest.approx(0.6)
+    assert lagrange_step(0.6, mean_cost=0.1, limit=0.2, lr=2.0) == pytest.approx(0.4)
+    assert lagrange_step(0.1, mean_cost=0.0, limit=0.2, lr=2.0) == 0.0
+    assert constrained([1.0, 2.0], [0.5, 0.0], 2.0) == [0.0, 2.0]
+    with pytest.raises(ValueError, match="2 rewards but 1 costs"):
+        constrained([1.0, 2.0], [0.5], 1.0)
+
+
+def cfg_overrides(limit: float, lr: float) -> list[str]:
+    return [
+        "experiment=tiny",
+        "game.rounds=2",
+        "task.cost_pattern=9",
+        f"game.cost.limit={limit}",
+        f"game.cost.lr={lr}",
+    ]
+
+
+def test_a_constrained_game_moves_the_multiplier_and_shapes_the_rewards(tmp_path: Path):
+    limit, lr = 0.1, 2.0
+    run = tmp_path / "run"
+    cfg = compose_cfg(cfg_overrides(limit, lr), run_dir=run)
+    game = GameLoop(cfg)
+    game.run()
+    summary = json.loads((run / "summary.json").read_text())
+    data, rounds = summary["data"], summary["rounds"]
+    assert 0.0 < data["cost_labels_mean"] < 1.0 and 0.0 <= data["cost_model_val_acc"] <= 1.0
+    assert rounds[0]["game/lagrange"] == 0.0
+    lam = 0.0
+    for r in rounds[1:]:
+        lam = max(0.0, lam + lr * (r["game/samples_cost_model"] - limit))
+        assert r["game/lagrange"] == pytest.approx(lam)
+        assert 0.0 <= r["policy/cost"] <= 1.0 and 0.0 < r["policy/cost_model"] < 1.0
+    assert lam > 0  # the tiny policy's samples hold 9s far more often than 10 %
+    rows = read_jsonl(run / "rounds" / "round_01" / "samples.jsonl")
+    assert all(0.0 < row["cost_score"] < 1.0 for row in rows)
+    # the cost model's weights and the multiplier are saved with the game, and resumed
+    resumed = compose_cfg(cfg_overrides(limit, lr), run_dir=run)
+    with open_dict(resumed):
+        resumed.resume = True
+    again = GameLoop(resumed)
+    again.resume_index(again.schedule())
+    assert again.state.lagrange == pytest.approx(lam)
+    mine, theirs = game.players.cost.state_dict(), again.players.cost.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_a_constraint_on_a_task_without_a_cost_oracle_is_refused(tmp_path: Path):
+    cfg = compose_cfg(["experiment=tiny", "game.cost.limit=0.1"], run_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="no cost oracle"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
