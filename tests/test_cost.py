@@ -100,3 +100,14 @@ def test_a_constraint_on_a_task_without_a_cost_oracle_is_refused(tmp_path: Path)
     with pytest.raises(ConfigError, match="no cost oracle"):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unconstrained_game_on_a_task_with_a_cost_oracle_reports_the_cost(tmp_path: Path):
+    run = tmp_path / "run"
+    train(compose_cfg(["experiment=tiny", "game.rounds=1", "task.cost_pattern=9"], run_dir=run))
+    rounds = json.loads((run / "summary.json").read_text())["rounds"]
+    rows = read_jsonl(run / "rounds" / "round_01" / "eval_samples.jsonl")
+    assert rounds[1]["policy/cost"] == pytest.approx(
+        sum("9" in row["response"] for row in rows) / len(rows)
+    )
+    assert "game/lagrange" not in rounds[1] and "policy/cost_model" not in rounds[1]

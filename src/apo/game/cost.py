@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch.utilities import CombinedLoader
 
 from apo.data.game_data import ListwiseItem
+from apo.data.sources import has_oracle as task_data
 from apo.losses.cost import CostObjective
 from apo.metrics import mean
 from apo.rewards import constrained, lagrange_step
@@ -31,6 +32,15 @@ DRAWS = 4
 
 def enabled(game: GameLoop) -> bool:
     return game.cfg.game.cost.limit is not None
+
+
+def has_oracle(game: GameLoop) -> bool:
+    """Whether the task has a cost oracle: its cost is then reported in every game, constrained
+    or not (`policy/cost`)."""
+    task = game.task
+    if not task_data(game.cfg) or not hasattr(task, "cost"):
+        return False
+    return task.cost(task.sample_prompt(random.Random(0)), "") is not None
 
 
 def check(cfg: Any, task: Any, has_oracle: bool) -> None:
@@ -79,7 +89,8 @@ def fit_cost_model(game: GameLoop) -> dict[str, float]:
     )
     module = game.players.cost_module(CostObjective(), log_prefix="cost/train")
     state = game.state
-    result = game.trainers.fit("rm", "warmup", module, loader, state.steps.get("cost", 0), 0)
+    # one epoch (the RM's `round` stage): "holds the pattern or not" is learnt long before six
+    result = game.trainers.fit("rm", "round", module, loader, state.steps.get("cost", 0), 0)
     state.steps["cost"] = state.steps.get("cost", 0) + result.steps
     predicted = predict_costs(game, [{"prompt": it.prompt, "texts": it.responses} for it in val])
     truth = [[game.task.cost(it.prompt, t) for t in it.responses] for it in val]
@@ -121,10 +132,15 @@ def constrain(game: GameLoop, samples: dict[str, list[dict[str, Any]]]) -> dict[
 
 
 def evaluate(game: GameLoop, test: list[dict[str, Any]]) -> dict[str, float]:
-    """The policy's test samples: the cost model's and the oracle's mean cost."""
-    predicted = predict_costs(game, test)
-    oracle = [game.task.cost(rec["prompt"], t) for rec in test for t in rec["texts"]]
-    return {
-        "policy/cost_model": mean([c for row in predicted for c in row]),
-        "policy/cost": mean([float(c) for c in oracle]),
-    }
+    """The policy's test samples: the oracle's mean cost (whenever the task has one) and, in a
+    constrained game, the cost model's and the multiplier."""
+    out: dict[str, float] = {}
+    if has_oracle(game):
+        oracle = [game.task.cost(rec["prompt"], t) for rec in test for t in rec["texts"]]
+        out["policy/cost"] = mean([float(c) for c in oracle])
+    if enabled(game):
+        predicted = predict_costs(game, test)
+        out["policy/cost_model"] = mean([c for row in predicted for c in row])
+        lam = game.state.lagrange
+        out["game/lagrange"] = float(game.cfg.game.cost.init) if lam is None else lam
+    return out

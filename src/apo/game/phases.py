@@ -143,10 +143,7 @@ def evaluate(game: GameLoop, r: int) -> None:
             f"round {r} evaluation: the test samples' {key}",
         )
     m = ev.metrics
-    if cost.enabled(game):
-        m.update(cost.evaluate(game, ev.test))
-        lam = state.lagrange
-        m["game/lagrange"] = float(game.cfg.game.cost.init) if lam is None else lam
+    m.update(cost.evaluate(game, ev.test))
     m.update(state.round_metrics)
     state.round_metrics = {}
     m["time/evaluate_s"] = time.perf_counter() - t0
