@@ -223,9 +223,26 @@ def test_generate_best_of_n_keeps_the_rms_pick_of_each_group_of_draws(tmp_path, 
     assert [r["samples"] for r in load_samples(best)] == [r["samples"] for r in recs]
 
 
+def test_generate_lookahead_finds_responses_the_rm_scores_higher(tmp_path, players, queries):
+    plain, guided = tmp_path / "plain.jsonl", tmp_path / "guided.jsonl"
+    _generate(players, queries, plain, "num_samples=4")
+    extra = ("num_samples=2", "lookahead.beams=2", "lookahead.expand=3", "lookahead.chunk=3")
+    recs = _generate(players, queries, guided, *extra, f"rm.path={players}")
+    assert all(len(r["samples"]) == 2 and all(t.strip() for t in r["samples"]) for r in recs)
+    again = _generate(players, queries, tmp_path / "again.jsonl", *extra, f"rm.path={players}")
+    assert again == recs  # a seed's search is reproducible
+
+    def mean_score(path: Path) -> float:
+        out = tmp_path / f"{path.stem}_scored.json"
+        items = score(step_cfg("score", [f"rm.path={players}", f"samples={path}", f"output={out}"]))
+        return sum(s for it in items for s in it.scores) / sum(len(it.scores) for it in items)
+
+    assert mean_score(guided) > mean_score(plain)
+
+
 def test_generate_best_of_n_needs_an_rm(tmp_path, players, queries):
     out = tmp_path / "x.jsonl"
-    with pytest.raises(ValueError, match="best_of > 1 needs rm.path"):
+    with pytest.raises(ValueError, match="need rm.path"):
         _generate(players, queries, out, "best_of=2")
     assert not out.exists()
 

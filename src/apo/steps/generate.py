@@ -39,17 +39,43 @@ def generate(cfg: DictConfig) -> list[dict]:
     n = int(cfg.best_of)
     if n < 1:
         raise ValueError(f"best_of must be at least 1, got {cfg.best_of}")
-    if n > 1 and cfg.rm.path is None:
-        raise ValueError("best_of > 1 needs rm.path: the RM (or a round dir) that picks the best")
+    guided = int(cfg.lookahead.beams) > 0
+    if (n > 1 or guided) and cfg.rm.path is None:
+        raise ValueError(
+            "best_of > 1 and lookahead.beams > 0 need rm.path: the RM (or a round dir) that "
+            "picks the best"
+        )
+    if n > 1 and guided:
+        raise ValueError("best_of > 1 and lookahead.beams > 0: choose one decoding")
     L.seed_everything(cfg.seed, verbose=False)
     queries = read_queries(cfg.prompts)
     model, tok = load_policy(cfg.model)
     # loaded before any sampling: a bad RM dir fails before the work is done
-    picker = load_rm(cfg.rm.path, str(cfg.rm.pooling)) if n > 1 else None
+    picker = load_rm(cfg.rm.path, str(cfg.rm.pooling)) if n > 1 or guided else None
     spec = sampling_spec(cfg.generation, mixture=0.0)
     dm = datamodule(tok, cfg)
     out_k = int(cfg.num_samples)
     k = out_k * n
+    if guided:
+        from apo.steps.lookahead import lookahead_samples
+
+        rm, rm_tok, _ = picker
+        texts = lookahead_samples(
+            model,
+            tok,
+            dm,
+            rm,
+            datamodule(rm_tok, cfg),
+            [q for _, q in queries],
+            spec,
+            cfg.lookahead,
+            out_k,
+            int(cfg.seed),
+        )
+        records = [{"query_id": q, "query": t, "samples": ts} for (q, t), ts in zip(queries, texts)]
+        write_samples(cfg.output, records)
+        log.info("wrote %d queries x %d guided samples to %s", len(records), out_k, cfg.output)
+        return records
     policy = PolicyModule(model, sampling=spec, seed=int(cfg.seed))
     texts = [
         rec["texts"] for rec in dm.generate(make_trainer(cfg), policy, [q for _, q in queries], k)
@@ -69,7 +95,7 @@ def generate(cfg: DictConfig) -> list[dict]:
                 f"the policy gave an empty response for query_id {qid!r} in {int(cfg.max_retries) + 1} "
                 "tries; raise max_retries or generation.max_new_tokens"
             )
-    if picker is not None:
+    if picker is not None:  # best-of-N
         rm, rm_tok, _ = picker
         rewards = rm_rewards(cfg, rm, datamodule(rm_tok, cfg), [q for _, q in queries], texts)
         texts = [[ts[i] for i in best_of_n(rs, n)] for ts, rs in zip(texts, rewards)]
