@@ -111,3 +111,14 @@ def test_an_unconstrained_game_on_a_task_with_a_cost_oracle_reports_the_cost(tmp
         sum("9" in row["response"] for row in rows) / len(rows)
     )
     assert "game/lagrange" not in rounds[1] and "policy/cost_model" not in rounds[1]
+
+
+def test_a_fixed_cost_weight_trades_reward_for_cost_without_a_multiplier_step(tmp_path: Path):
+    run = tmp_path / "run"
+    over = ["experiment=tiny", "game.rounds=1", "task.cost_pattern=9", "game.cost.weight=0.7"]
+    train(compose_cfg(over, run_dir=run))
+    rounds = json.loads((run / "summary.json").read_text())["rounds"]
+    assert [r["game/lagrange"] for r in rounds] == [0.7, 0.7]
+    both = compose_cfg([*over, "game.cost.limit=0.2"], run_dir=tmp_path / "both")
+    with pytest.raises(ConfigError, match="set one of them"):
+        train(both)

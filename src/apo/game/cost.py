@@ -1,5 +1,6 @@
-"""A constrained game (`game.cost.limit`, Safe RLHF reduced to its safety labels): the pieces
-the phases call.
+"""A game with a cost judge (Safe RLHF reduced to its safety labels): constrained
+(`game.cost.limit`: `E[c] <= limit` with a Lagrange multiplier) or a fixed trade-off
+(`game.cost.weight`: `r - weight * c`, MODPO-style). The pieces the phases call.
 
 After the warm start the simulated safety annotators label samples of the warm-started policy
 (`OracleTask.label_cost`) and a cost model (the RM's architecture, its own weights) learns them
@@ -19,6 +20,7 @@ from lightning.pytorch.utilities import CombinedLoader
 
 from apo.data.game_data import ListwiseItem
 from apo.data.sources import has_oracle as task_data
+from apo.game.players import cost_judge
 from apo.losses.cost import CostObjective
 from apo.metrics import mean
 from apo.rewards import constrained, lagrange_step
@@ -31,7 +33,12 @@ DRAWS = 4
 
 
 def enabled(game: GameLoop) -> bool:
-    return game.cfg.game.cost.limit is not None
+    return wanted(game.cfg)
+
+
+def wanted(cfg: Any) -> bool:
+    """Whether the game has a cost judge (and so a cost model)."""
+    return cost_judge(cfg)
 
 
 def has_oracle(game: GameLoop) -> bool:
@@ -45,14 +52,22 @@ def has_oracle(game: GameLoop) -> bool:
 
 def check(cfg: Any, task: Any, has_oracle: bool) -> None:
     """A constraint needs a task with a cost oracle (its safety annotators label by it)."""
-    if cfg.game.cost.limit is None:
+    c = cfg.game.cost
+    if c.limit is not None and c.weight is not None:
+        from apo.validation import ConfigError
+
+        raise ConfigError(
+            f"game.cost.limit={c.limit} and game.cost.weight={c.weight}: a constraint adapts the "
+            "cost's weight itself; set one of them"
+        )
+    if not wanted(cfg):
         return
     probe = task.sample_prompt(random.Random(0)) if has_oracle else None
     if probe is None or task.cost(probe, "") is None:
         from apo.validation import ConfigError
 
         raise ConfigError(
-            f"game.cost.limit={cfg.game.cost.limit}: the task has no cost oracle to constrain "
+            f"game.cost (limit={c.limit}, weight={c.weight}): the task has no cost oracle to judge "
             f"({type(task).__name__}; the sort task has one with task.cost_pattern=<substring>)"
         )
 
@@ -122,9 +137,12 @@ def constrain(game: GameLoop, samples: dict[str, list[dict[str, Any]]]) -> dict[
     for recs in samples.values():
         for rec, c in zip(recs, predict_costs(game, recs)):
             rec["cost_scores"] = c
-    lam = float(cfg.init) if state.lagrange is None else state.lagrange
     expected = mean([c for rec in samples["policy"] for c in rec["cost_scores"]])
-    state.lagrange = lagrange_step(lam, expected, float(cfg.limit), float(cfg.lr))
+    if cfg.weight is not None:  # a fixed trade-off
+        state.lagrange = float(cfg.weight)
+    else:
+        lam = float(cfg.init) if state.lagrange is None else state.lagrange
+        state.lagrange = lagrange_step(lam, expected, float(cfg.limit), float(cfg.lr))
     for recs in samples.values():
         for rec in recs:
             rec["rm_scores"] = constrained(rec["rm_scores"], rec["cost_scores"], state.lagrange)
@@ -141,6 +159,8 @@ def evaluate(game: GameLoop, test: list[dict[str, Any]]) -> dict[str, float]:
     if enabled(game):
         predicted = predict_costs(game, test)
         out["policy/cost_model"] = mean([c for row in predicted for c in row])
-        lam = game.state.lagrange
-        out["game/lagrange"] = float(game.cfg.game.cost.init) if lam is None else lam
+        lam, c = game.state.lagrange, game.cfg.game.cost
+        out["game/lagrange"] = (
+            lam if lam is not None else float(c.weight if c.weight is not None else c.init)
+        )
     return out

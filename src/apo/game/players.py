@@ -64,7 +64,7 @@ class Players:
     #: drawn from
     rm_bootstrap: float = 0.0
     rm_bag_seed: int = 0
-    #: the cost model of a constrained game (`game.cost.limit`), else None
+    #: the cost model of a game with a cost judge (`game.cost`), else None
     cost: nn.Module | None = None
     #: the players' architectures without weights, to copy the reference (and the base RM) from
     #: once the players are sharded (taken before any fit; not submodules, so no engine wraps
@@ -122,7 +122,7 @@ class Players:
     def cost_module(self, objective: Any = None, log_prefix: str | None = None) -> RewardModule:
         """The cost model for its fit (`objective`, a `CostObjective`) or for scoring."""
         if self.cost is None:
-            raise RuntimeError("cost_module: this game has no cost model (game.cost.limit)")
+            raise RuntimeError("cost_module: this game has no cost model (game.cost)")
         optimizer = self.rm_optimizer if objective is not None else None
         eos = self.rm_tokenizer.eos_token_id
         return reward_module(self.cost, self.pooling, eos, objective, optimizer, log_prefix)
@@ -147,6 +147,11 @@ def _prompt_format(player_cfg: DictConfig) -> dict[str, Any]:
     return {k: player_cfg.get(k) for k in ("prompt_template", "separator", "chat_template")}
 
 
+def cost_judge(cfg: DictConfig) -> bool:
+    """Whether the game has a cost judge (`game.cost.limit` or `.weight`)."""
+    return cfg.game.cost.limit is not None or cfg.game.cost.weight is not None
+
+
 def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> Players:
     """Each player: a tiny model from `backbone` with the task's tokenizer, or a checkpoint
     directory (`model_name_or_path`) with its own tokenizer. The policy is built first (from
@@ -164,7 +169,7 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
     rm_tokenizer = built[0][1]
     rm = built[0][0] if len(built) == 1 else RMEnsemble([m for m, _ in built])
     cost = None
-    if cfg.game.cost.limit is not None:  # the RM's architecture, from its own seed
+    if cost_judge(cfg):  # the RM's architecture, from its own seed
         rm_source = tokenizer if same else task_tokenizer
         cost = build_player("rm", cfg.rm, cfg.seed + 2, rm_source, own_tokenizer=not same)[0]
     return Players(

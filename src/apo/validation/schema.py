@@ -42,6 +42,7 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 class Cost(_Node):
     limit: float | None = Field(ge=0, le=1)
+    weight: float | None = Field(ge=0)
     lr: float = NonNeg
     init: float = NonNeg
 
