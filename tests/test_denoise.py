@@ -28,6 +28,7 @@ def test_the_most_contradicted_pairs_are_flipped_or_dropped():
     assert DENOISE_RULES["flip"](STRENGTH, 0.4).flipped == (1, 4)
     assert DENOISE_RULES["flip"](STRENGTH, 0.4).dropped == ()
     assert DENOISE_RULES["drop"](STRENGTH, 0.4).dropped == (1, 4)
+    assert DENOISE_RULES["soften"](STRENGTH, 0.4).softened == (1, 4)
     assert DENOISE_RULES["none"](STRENGTH, 0.4) == DENOISE_RULES["drop"](STRENGTH, 0.0)
     with pytest.raises(ValueError, match="rm.denoise.fraction"):
         contradicted(STRENGTH, 1.5)
@@ -62,12 +63,38 @@ def test_a_per_item_margin_enters_each_pairs_loss(weighting: str):
     assert torch.allclose(objective.loss(r, scores, mask)[0], F.softplus(-(gaps - 0.1)).mean())
 
 
+@pytest.mark.parametrize("weighting", ["per_part", "reference"])
+def test_label_smoothing_mixes_each_pairs_loss_with_its_reversed_loss(weighting: str):
+    objective = RMObjective(
+        kl_coeff=1.0,
+        apo_coeff=0.0,
+        apo_loss="ranking",
+        samples_per_prompt=1,
+        human_loss="bradley_terry",
+        margin=0.0,
+        centering_coeff=0.0,
+        weighting=weighting,
+    )
+    r = torch.tensor([[1.0, 0.5], [0.0, 0.3]])
+    scores = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    eps = torch.tensor([0.0, 0.5])
+    loss, _ = objective.loss(r, scores, torch.ones(2, 2), human_smoothing=eps)
+    d = torch.tensor([0.5, -0.3])
+    expected = ((1 - eps) * F.softplus(-d) + eps * F.softplus(d)).mean()
+    assert torch.allclose(loss, expected)
+    # eps 0 everywhere is the plain loss
+    plain, _ = objective.loss(r, scores, torch.ones(2, 2))
+    zero, _ = objective.loss(r, scores, torch.ones(2, 2), human_smoothing=torch.zeros(2))
+    assert torch.allclose(plain, zero)
+
+
 def test_the_collator_carries_margins_when_items_have_them():
     item = {"index": 0, "prompt_len": 1, "seqs": [[1, 2], [1, 3]], "scores": [1.0, 0.0]}
     collate = ListwiseCollator(pad_id=0)
     assert "margin" not in collate([item, {**item, "index": 1}])
-    batch = collate([item, {**item, "index": 1, "margin": 0.7}])
+    batch = collate([item, {**item, "index": 1, "margin": 0.7, "smoothing": 0.5}])
     assert torch.allclose(batch["margin"], torch.tensor([0.0, 0.7]))
+    assert torch.allclose(batch["smoothing"], torch.tensor([0.0, 0.5]))
 
 
 def test_a_game_flips_the_contradicted_pairs_reports_them_and_resumes_with_them(tmp_path: Path):
@@ -102,3 +129,15 @@ def test_a_game_flips_the_contradicted_pairs_reports_them_and_resumes_with_them(
     again = GameLoop(cfg)
     again.resume_index(again.schedule())
     assert again.dm.data.human_train == now
+
+
+def test_a_softened_game_smooths_the_contradicted_pairs_labels(tmp_path: Path):
+    overrides = ["experiment=tiny", "game.rounds=0", "rm.denoise.rule=soften"]
+    game = GameLoop(compose_cfg(overrides, run_dir=tmp_path / "run"))
+    game.run()
+    softened = game.state.denoised["softened"]
+    now = game.dm.data.human_train
+    assert softened and all(now[i].smoothing == 0.5 for i in softened)
+    assert sum(it.smoothing > 0 for it in now) == len(softened)
+    original = [ListwiseItem(**p) for p in game.state.human_pairs["human_train"]]
+    assert [it.scores for it in now] == [it.scores for it in original]  # labels kept

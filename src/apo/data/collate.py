@@ -150,7 +150,7 @@ class ListwiseCollator:
     "pad_id"?}` ->
 
     `input_ids, attention_mask, loss_mask [B, k, T]` (loss_mask marks response tokens),
-    `scores, mask [B, k]`, `ref_logps [B, k]` and `margin [B]` when the items carry them. Items with fewer than
+    `scores, mask [B, k]`, `ref_logps [B, k]`, `margin [B]` and `smoothing [B]` when the items carry them. Items with fewer than
     `k_max` sequences are padded with masked-out empty rows. Padding uses the items' own `pad_id`
     (that of the tokenizer that encoded them) when they carry one.
     """
@@ -191,6 +191,7 @@ class ListwiseCollator:
         }
         if has_ref:
             out["ref_logps"] = ref
-        if any("margin" in it for it in items):  # per-item margins (label denoising)
-            out["margin"] = torch.tensor([float(it.get("margin", 0.0)) for it in items])
+        for key in ("margin", "smoothing"):  # per-item margins and smoothing (label denoising)
+            if any(key in it for it in items):
+                out[key] = torch.tensor([float(it.get(key, 0.0)) for it in items])
         return out

@@ -87,6 +87,7 @@ class GameDataModule(L.LightningDataModule):
         scores: list[float],
         player: str = "policy",
         margin: float = 0.0,
+        smoothing: float = 0.0,
     ) -> dict:
         enc = self.encoders[player]
         p = self.prompt_ids(prompt, player)
@@ -94,6 +95,8 @@ class GameDataModule(L.LightningDataModule):
         item = _item(index, p, seqs, scores, enc)
         if margin:
             item["margin"] = margin
+        if smoothing:
+            item["smoothing"] = smoothing
         return item
 
     def ids_item(
@@ -116,7 +119,7 @@ class GameDataModule(L.LightningDataModule):
 
     def human_items(self, items: list[ListwiseItem], player: str = "policy") -> list[dict]:
         return [
-            self.text_item(i, it.prompt, it.responses, it.scores, player, it.margin)
+            self.text_item(i, it.prompt, it.responses, it.scores, player, it.margin, it.smoothing)
             for i, it in enumerate(items)
         ]
 

@@ -25,6 +25,8 @@ class ListwiseItem:
     #: an extra margin the RM's pairwise loss must clear on this item (label denoising's
     #: adaptive margin, `apo.losses.denoise`); 0 = none
     margin: float = 0.0
+    #: label smoothing of this item's pairs (label denoising's `soften`); 0 = none
+    smoothing: float = 0.0
 
 
 @dataclass

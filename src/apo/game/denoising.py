@@ -45,6 +45,7 @@ def decide(game: GameLoop) -> dict[str, Any]:
     return {
         "flipped": [pairs[j] for j in rule.flipped],
         "dropped": [pairs[j] for j in rule.dropped],
+        "softened": [pairs[j] for j in rule.softened],
         "margins": {str(pairs[j]): m for j, m in enumerate(margins) if m},
         "strength_mean": mean(strength),
         "pairs": len(pairs),
@@ -56,12 +57,15 @@ def apply(game: GameLoop, decision: dict[str, Any]) -> None:
     data = game.dm.data
     items = data.human_train
     flipped, dropped = set(decision["flipped"]), set(decision["dropped"])
+    softened = set(decision.get("softened", []))
+    eps = float(game.cfg.rm.denoise.smoothing)
     margins = {int(k): float(v) for k, v in decision["margins"].items()}
-    changed = sorted(flipped | dropped)
+    changed = sorted(flipped | dropped | softened)
     meta = {
         "denoise_pairs": decision["pairs"],
         "denoise_flipped": len(flipped),
         "denoise_dropped": len(dropped),
+        "denoise_softened": len(softened),
         "denoise_strength_mean": decision["strength_mean"],
         "denoise_margin_mean": mean(list(margins.values())) if margins else 0.0,
     }
@@ -77,6 +81,7 @@ def apply(game: GameLoop, decision: dict[str, Any]) -> None:
             it,
             scores=list(reversed(it.scores)) if i in flipped else list(it.scores),
             margin=margins.get(i, 0.0),
+            smoothing=eps if i in softened else 0.0,
         )
         for i, it in enumerate(items)
         if i not in dropped

@@ -2,7 +2,7 @@
 Models Part II: Reward Modeling"): the strength of a human pair is the RM's margin
 `d = r(chosen) - r(rejected)`, averaged over an ensemble's members (`rm.ensemble`). Pairs the RM
 strongly contradicts (the lowest strengths, all below 0) are most often mislabeled: they are
-flipped or dropped (`DENOISE_RULES`); an adaptive margin `alpha * max(d, 0)` asks the RM to
+flipped, dropped or their labels smoothed (`DENOISE_RULES`); an adaptive margin `alpha * max(d, 0)` asks the RM to
 separate the pairs it finds clear by more than the ambiguous ones.
 
 Pure functions on lists of strengths; the game's `denoise` phase applies them to the human
@@ -21,6 +21,8 @@ class Denoised:
 
     flipped: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
+    #: pairs whose labels are smoothed (`soften`)
+    softened: tuple[int, ...] = ()
 
 
 def contradicted(strength: Sequence[float], fraction: float) -> list[int]:
@@ -41,11 +43,16 @@ def _drop(strength: Sequence[float], fraction: float) -> Denoised:
     return Denoised(dropped=tuple(sorted(contradicted(strength, fraction))))
 
 
+def _soften(strength: Sequence[float], fraction: float) -> Denoised:
+    return Denoised(softened=tuple(sorted(contradicted(strength, fraction))))
+
+
 #: `rule(strengths, fraction) -> Denoised`; `none` changes nothing
 DENOISE_RULES: dict[str, Callable[[Sequence[float], float], Denoised]] = {
     "none": lambda strength, fraction: Denoised(),
     "flip": _flip,
     "drop": _drop,
+    "soften": _soften,
 }
 
 

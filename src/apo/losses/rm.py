@@ -109,6 +109,25 @@ PAIR_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def smoothed_pair_sum(
+    rewards: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    form: str,
+    smoothing: torch.Tensor,
+    margin: Margin = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pair_sum` with label smoothing per item (`smoothing [B]`, eps): each pair's loss is
+    `(1 - eps) * l(d - margin) + eps * l(-d - margin)`, as if its label were reversed with
+    probability eps (label denoising's `soften`; eps 0 = `pair_sum`)."""
+    pairs = preference_pairs(scores, mask)
+    diff = _diffs(rewards, mask)
+    eps = smoothing.to(diff.dtype)[:, None, None]
+    f = PAIR_FORMS[form]
+    per_pair = (1 - eps) * f(diff - margin) + eps * f(-diff - margin)
+    return (per_pair * pairs).sum(), pairs.sum()
+
+
 def pair_sum(
     rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, form: str, margin: Margin = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor]:

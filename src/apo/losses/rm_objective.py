@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from apo.losses.pairs import chosen_rejected, preference_pairs
-from apo.losses.rm import RM_LOSSES, pair_sum, reward_centering
+from apo.losses.rm import RM_LOSSES, pair_sum, reward_centering, smoothed_pair_sum
 
 APO_LOSSES = ("ranking", "diff")
 WEIGHTINGS = ("reference", "per_part")
@@ -76,22 +76,32 @@ class RMObjective:
         apo_scores: torch.Tensor | None = None,
         apo_mask: torch.Tensor | None = None,
         human_margin: torch.Tensor | None = None,
+        human_smoothing: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`(L_RM, parts)` from the rewards of a batch's human items `[B, k]` and, when the
         objective serves APO items, of its APO items `[B', K + 1]`; `human_margin [B]` adds a
-        per-item margin to the human pairs' (label denoising's adaptive margin)."""
+        per-item margin to the human pairs' (label denoising's adaptive margin), and
+        `human_smoothing [B]` smooths their labels per item (`smoothed_pair_sum`)."""
         apo = r_apo is not None and self.serves_apo
         m_h: float | torch.Tensor = self.margin
         if human_margin is not None:
             m_h = self.margin + human_margin.to(r_human.dtype)[:, None, None]
+        smooth = None
+        if human_smoothing is not None:
+            smooth = smoothed_pair_sum(
+                r_human, human_scores, human_mask, self.human_loss, human_smoothing, m_h
+            )
         if self.weighting == "per_part":
-            loss_h = RM_LOSSES[self.human_loss](r_human, human_scores, human_mask, margin=m_h)
+            if smooth is not None:
+                loss_h = smooth[0] / smooth[1].clamp(min=1)
+            else:
+                loss_h = RM_LOSSES[self.human_loss](r_human, human_scores, human_mask, margin=m_h)
             loss = self.kl_coeff * loss_h
             loss_a = None
             if apo:
                 loss_a = RM_LOSSES[self.apo_loss](r_apo, apo_scores, apo_mask, margin=self.margin)
         else:
-            s_h, n_h = pair_sum(r_human, human_scores, human_mask, self.human_loss, m_h)
+            s_h, n_h = smooth or pair_sum(r_human, human_scores, human_mask, self.human_loss, m_h)
             total = self.kl_coeff * s_h
             n = n_h
             if apo:

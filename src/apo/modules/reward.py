@@ -133,7 +133,12 @@ class RewardModule(L.LightningModule):
                 mask = bag_mask(mask, human["index"], i, self.bag_seed, self.bootstrap)
             args = () if r_apo is None else (r_apo[i], apo["scores"], apo["mask"])
             loss_i, logs_i = self.objective.loss(
-                r_human[i], human["scores"], mask, *args, human_margin=human.get("margin")
+                r_human[i],
+                human["scores"],
+                mask,
+                *args,
+                human_margin=human.get("margin"),
+                human_smoothing=human.get("smoothing"),
             )
             losses.append(loss_i)
             for k, v in logs_i.items():  # the members' mean of every logged number

@@ -132,8 +132,9 @@ class Ensemble(_Node):
 
 
 class Denoise(_Node):
-    rule: Literal["none", "flip", "drop"]
+    rule: Literal["none", "flip", "drop", "soften"]
     fraction: float = Field(ge=0, le=1)
+    smoothing: float = Field(ge=0, le=1)
     adaptive_margin: float = NonNeg
 
 
