@@ -25,7 +25,12 @@ class CostObjective:
         mask: torch.Tensor,
         *apo: torch.Tensor,
         human_margin: torch.Tensor | None = None,
+        human_smoothing: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean BCE of `sigmoid(logits)` against `labels`; the pairwise extras (margins,
+        smoothing) have no meaning for per-response labels and are refused."""
+        if human_margin is not None or human_smoothing is not None:
+            raise ValueError("CostObjective: per-response labels take no margins or smoothing")
         valid = mask.bool()
         x, y = logits[valid], labels[valid].to(logits.dtype)
         loss = F.binary_cross_entropy_with_logits(x, y)
