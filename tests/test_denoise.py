@@ -97,7 +97,9 @@ def test_the_collator_carries_margins_when_items_have_them():
     assert torch.allclose(batch["smoothing"], torch.tensor([0.0, 0.5]))
 
 
-def test_a_game_flips_the_contradicted_pairs_reports_them_and_resumes_with_them(tmp_path: Path):
+def test_a_game_flips_the_contradicted_pairs_reports_them_and_resumes_with_them(
+    tmp_path: Path, caplog
+):
     run = tmp_path / "run"
     overrides = [
         "experiment=tiny",
@@ -107,7 +109,10 @@ def test_a_game_flips_the_contradicted_pairs_reports_them_and_resumes_with_them(
         "rm.denoise.adaptive_margin=0.5",
     ]
     game = GameLoop(compose_cfg(overrides, run_dir=run))
-    game.run()
+    with caplog.at_level("INFO", logger="apo"):
+        game.run()
+    line = next(r.getMessage() for r in caplog.records if "round 0 denoise" in r.getMessage())
+    assert f"flip {len(game.state.denoised['flipped'])} of " in line and "mislabeled" in line
     # the pairs before denoising: the annotators' labels of the warm-started policy's samples
     original = [ListwiseItem(**p) for p in game.state.human_pairs["human_train"]]
     meta = json.loads((run / "summary.json").read_text())["data"]

@@ -43,7 +43,28 @@ def _evaluate(game: GameLoop, r: int) -> list[str]:
     # the two numbers to follow; the round's line of the RoundWriter has the others
     last = game.state.summary[-1] if game.state.summary else {}
     keys = (game.judge.keys.reward, game.judge.keys.onpolicy_acc)
+    # and the other judges' verdicts, when the game has them
+    keys += ("policy/cost", "game/lagrange", "rm/ensemble/std_ratio")
     return [f"{k} {last[k]:.4f}" for k in keys if k in last]
+
+
+def _denoise(game: GameLoop, r: int) -> list[str]:
+    m = game.dm.data.meta
+    changed = sum(m.get(f"denoise_{k}", 0) for k in ("flipped", "dropped", "softened"))
+    out = [f"{game.cfg.rm.denoise.rule} {changed} of {m.get('denoise_pairs', 0)} human pairs"]
+    if "denoise_precision" in m:
+        out.append(
+            f"{m['denoise_precision']:.0%} of them mislabeled by the oracle "
+            f"(all pairs: {m['denoise_mislabeled_rate']:.0%})"
+        )
+    return out
+
+
+def _cost_model(game: GameLoop, r: int) -> list[str]:
+    m = game.dm.data.meta
+    return [
+        f"cost model accuracy {m.get('cost_model_val_acc', float('nan')):.3f} on held-out labels"
+    ]
 
 
 def _warm_start(game: GameLoop, r: int) -> list[str]:
@@ -57,6 +78,8 @@ DETAILS: dict[str, Callable[[GameLoop, int], list[str]]] = {
     "score": _score,
     "reference": _reference,
     "evaluate": _evaluate,
+    "denoise": _denoise,
+    "cost_model": _cost_model,
 }
 
 
