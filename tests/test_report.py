@@ -459,3 +459,13 @@ def test_plots_are_pngs_with_every_text_inside_the_figure(sweep: Path, tmp_path:
         with Image.open(tmp_path / png) as im:
             im.verify()
             assert im.format == "PNG" and im.size[0] >= 900
+
+
+def test_any_tabulated_metric_can_be_plotted(sweep: Path, tmp_path: Path):
+    out = tmp_path / "r"
+    assert (
+        main([str(sweep), "--out", str(out), "--metrics", "rm/val/acc", "--plot", "rm/val/acc"])
+        == 0
+    )
+    assert (out / "rm_val_acc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![rm/val/acc](rm_val_acc.png)" in (out / "report.md").read_text()

@@ -71,6 +71,7 @@ def build_report(
     out: Path | None = None,
     baseline: str = "game.apo_coeff=0",
     metrics: list[str] | None = None,
+    plots: list[str] | None = None,
 ) -> tuple[Path, str]:
     """Write `report.md`, `report.csv`, `win_rates.csv` (when there are baselines) and the PNGs
     into `out` (default `<first root>/report`); return the path and the Markdown text. Several
@@ -93,7 +94,7 @@ def build_report(
             continue
         tables[metric] = table
         lines += [markdown_table(table, metric), ""]
-        if metric in PLOTTED:
+        if metric in PLOTTED or metric in (plots or ()):
             name = metric.replace("/", "_") + ".png"
             plot_metric(table, metric, out / name, baseline)
             lines += [f"![{metric}]({name})", ""]
@@ -147,9 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         help="override that marks each group's baseline (default game.apo_coeff=0)",
     )
     parser.add_argument("--metrics", nargs="*", default=None, help="metrics to tabulate")
+    parser.add_argument(
+        "--plot", nargs="*", default=None, help="tabulated metrics to plot over rounds as well"
+    )
     args = parser.parse_args(argv)
     try:
-        path, text = build_report(args.run_dirs, args.out, args.baseline, args.metrics)
+        path, text = build_report(args.run_dirs, args.out, args.baseline, args.metrics, args.plot)
     except FileNotFoundError as e:
         print(e, file=sys.stderr)
         return 2
