@@ -189,6 +189,11 @@ def test_an_ensemble_game_reports_disagreement_shapes_rewards_and_exports_member
     ]
     w = [m.score.weight for m in loaded]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    from apo.steps.common import model_dir
+
+    with pytest.raises(FileNotFoundError, match="holds an RM ensemble: pass one member"):
+        model_dir(run / "final", "rm")
+    assert model_dir(run / "final" / "rm" / "member_1", "rm") == run / "final" / "rm" / "member_1"
 
 
 def test_member_state_strips_the_members_prefix():

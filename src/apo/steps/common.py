@@ -32,6 +32,8 @@ def model_dir(path: str | Path, player: str) -> Path:
     for d in (path / player, path):
         if (d / "config.json").is_file():
             return d
+        if (d / "member_0" / "config.json").is_file():  # an RM ensemble's export
+            raise FileNotFoundError(f"{d} holds an RM ensemble: pass one member, {d}/member_<i>")
     raise FileNotFoundError(
         f"{path}: no saved {player} here (expected config.json in it or in {path / player}); "
         "pass a save_pretrained dir or a game round dir with game.save_weights=true"
