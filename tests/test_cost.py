@@ -122,3 +122,15 @@ def test_a_fixed_cost_weight_trades_reward_for_cost_without_a_multiplier_step(tm
     both = compose_cfg([*over, "game.cost.limit=0.2"], run_dir=tmp_path / "both")
     with pytest.raises(ConfigError, match="set one of them"):
         train(both)
+
+
+def test_the_cost_judge_leaves_the_warm_start_as_it_is_without_one(tmp_path: Path):
+    """A warm start cached by one game serves the other: they must be the same warm start."""
+    base = ["experiment=tiny", "game.rounds=0", "task.cost_pattern=9"]
+    runs = {}
+    for name, extra in (("plain", []), ("constrained", ["game.cost.limit=0.2"])):
+        run = tmp_path / name
+        train(compose_cfg([*base, *extra], run_dir=run))
+        runs[name] = json.loads((run / "summary.json").read_text())["rounds"][0]
+    for key in ("policy/gold_reward", "policy/cost", "rm/val/acc", "rm/onpolicy/acc"):
+        assert runs["plain"][key] == runs["constrained"][key], key

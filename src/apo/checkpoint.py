@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +259,15 @@ class StateStore:
         self.weight_files = dict(state["weights"])
         state["weights"] = {n: _load(self.path / f) for n, f in self.weight_files.items()}
         return state
+
+
+@contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Run the block from `seed` and put every generator back as it was afterwards, so that what
+    it draws does not depend on, nor change, the game's own random stream."""
+    saved = rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        set_rng_state(saved)

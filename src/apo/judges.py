@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from apo import checkpoint
+from apo.checkpoint import isolated_rng
 from apo.config import plain
 from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
@@ -132,18 +129,6 @@ class OracleJudge:
 
     def score(self, records: list[dict[str, Any]]) -> list[list[float]]:
         return [[self.task.reward(rec["prompt"], t) for t in rec["texts"]] for rec in records]
-
-
-@contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Run the block from `seed` and put every generator back as it was afterwards, so that what
-    it draws does not depend on, nor change, the game's own random stream."""
-    saved = checkpoint.rng_state()
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        checkpoint.set_rng_state(saved)
 
 
 class TestRMJudge:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from apo.checkpoint import isolated_rng
 from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
 from apo.distributed import plain_copy, skeleton
@@ -169,9 +170,12 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
     rm_tokenizer = built[0][1]
     rm = built[0][0] if len(built) == 1 else RMEnsemble([m for m, _ in built])
     cost = None
-    if cost_judge(cfg):  # the RM's architecture, from its own seed
+    if cost_judge(cfg):
+        # the RM's architecture from its own seed, and the game's random stream left as it was:
+        # the warm start (and its cache) is the same with and without a cost judge
         rm_source = tokenizer if same else task_tokenizer
-        cost = build_player("rm", cfg.rm, cfg.seed + 2, rm_source, own_tokenizer=not same)[0]
+        with isolated_rng(int(cfg.seed) + 2):
+            cost = build_player("rm", cfg.rm, cfg.seed + 2, rm_source, own_tokenizer=not same)[0]
     return Players(
         policy=policy,
         rm=rm,
