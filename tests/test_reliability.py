@@ -82,3 +82,14 @@ def test_a_blow_up_stops_named_and_resumes_at_a_lower_rate(tmp_path: Path):
     changes = json.loads((run / "summary.json").read_text())["config_changes"]
     assert changes == [{"after": [1, "score"], "changed": {"objective.lr": [1e8, 0.001]}}]
     assert checkpoint.StateStore(run).load()["game"]["config_changes"] == changes
+
+
+def test_a_kl_far_below_zero_is_a_breakdown_whatever_the_guard_says():
+    from apo.guards import BROKEN_KL, DivergenceError, check_limits
+
+    guard = {"max_kl": None, "min_entropy": None, "action": "warn"}
+    with pytest.raises(DivergenceError, match="round 2 evaluation: policy/kl=.*broke down"):
+        check_limits({"policy/kl": BROKEN_KL - 1.0}, guard, 2)
+    assert check_limits({"policy/kl": 0.5, "policy/entropy": 1.0}, guard, 2) == []
+    crossed = check_limits({"policy/kl": 9.0}, {**guard, "max_kl": 5.0}, 1)
+    assert crossed == ["policy/kl=9 above game.guard.max_kl=5.0"]
