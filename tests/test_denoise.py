@@ -4,6 +4,7 @@ adaptive margin in the RM loss, and a game that flips pairs, reports it and resu
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from omegaconf import open_dict
 from apo.data.collate import ListwiseCollator
 from apo.data.game_data import ListwiseItem
 from apo.game import GameLoop
+from apo.judges import TEST_RM_OBJECTIVE
 from apo.losses.denoise import DENOISE_RULES, adaptive_margins, contradicted
-from apo.losses.rm_objective import RMObjective
 from tests.conftest import compose_cfg
 
 STRENGTH = [0.5, -2.0, -0.1, 1.0, -0.5]
@@ -42,16 +43,7 @@ def test_adaptive_margins_grow_with_strength_and_skip_contradicted_pairs():
 
 @pytest.mark.parametrize("weighting", ["per_part", "reference"])
 def test_a_per_item_margin_enters_each_pairs_loss(weighting: str):
-    objective = RMObjective(
-        kl_coeff=1.0,
-        apo_coeff=0.0,
-        apo_loss="ranking",
-        samples_per_prompt=1,
-        human_loss="bradley_terry",
-        margin=0.1,
-        centering_coeff=0.0,
-        weighting=weighting,
-    )
+    objective = replace(TEST_RM_OBJECTIVE, margin=0.1, weighting=weighting)
     r = torch.tensor([[1.0, 0.5], [0.0, 0.3], [2.0, -1.0]])
     scores = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     mask = torch.ones(3, 2)
@@ -65,16 +57,7 @@ def test_a_per_item_margin_enters_each_pairs_loss(weighting: str):
 
 @pytest.mark.parametrize("weighting", ["per_part", "reference"])
 def test_label_smoothing_mixes_each_pairs_loss_with_its_reversed_loss(weighting: str):
-    objective = RMObjective(
-        kl_coeff=1.0,
-        apo_coeff=0.0,
-        apo_loss="ranking",
-        samples_per_prompt=1,
-        human_loss="bradley_terry",
-        margin=0.0,
-        centering_coeff=0.0,
-        weighting=weighting,
-    )
+    objective = replace(TEST_RM_OBJECTIVE, margin=0.0, weighting=weighting)
     r = torch.tensor([[1.0, 0.5], [0.0, 0.3]])
     scores = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     eps = torch.tensor([0.0, 0.5])

@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from apo.game.evaluation import Evaluator
 from apo.game.players import reward_module
-from apo.losses.rm_objective import RMObjective
+from apo.judges import TEST_RM_OBJECTIVE
 from apo.modules.backbones import build_sequence_classifier
 from apo.modules.ensemble import RMEnsemble, bag_mask, member_seeds, member_state, members
 from apo.rewards import penalised
@@ -21,16 +21,8 @@ from apo.train import train
 from tests.conftest import compose_cfg, sort_task
 
 TOK = sort_task().build_tokenizer()
-OBJECTIVE = RMObjective(
-    kl_coeff=1.0,
-    apo_coeff=0.0,
-    apo_loss="ranking",
-    samples_per_prompt=1,
-    human_loss="bradley_terry",
-    margin=0.0,
-    centering_coeff=0.0,
-    weighting="per_part",
-)
+#: a plain Bradley-Terry fit on human pairs
+OBJECTIVE = TEST_RM_OBJECTIVE
 
 
 def _member(seed: int):

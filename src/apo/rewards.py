@@ -34,10 +34,12 @@ def penalised(mean: Rewards, std: Rewards | Sequence[float], kappa: float) -> Re
     return [m - kappa * s for m, s in zip(mean, std)] if kappa else list(mean)
 
 
-def constrained(rewards: list[float], costs: Sequence[float], lam: float) -> list[float]:
-    """`r - lambda * c`, per response."""
+def constrained(rewards: Rewards, costs: Rewards | Sequence[float], lam: float) -> Rewards:
+    """`r - lambda * c`, per response, for tensors (the online fit's rollouts) or lists."""
     if len(rewards) != len(costs):
         raise ValueError(f"constrained: {len(rewards)} rewards but {len(costs)} costs")
+    if torch.is_tensor(rewards):
+        return rewards - lam * costs
     return [r - lam * c for r, c in zip(rewards, costs)]
 
 

@@ -33,24 +33,24 @@ DRAWS = 4
 
 
 def enabled(game: GameLoop) -> bool:
-    return wanted(game.cfg)
-
-
-def wanted(cfg: Any) -> bool:
     """Whether the game has a cost judge (and so a cost model)."""
-    return cost_judge(cfg)
+    return cost_judge(game.cfg)
+
+
+def _task_has_cost(cfg: Any, task: Any) -> bool:
+    """Whether the game's data come from a task with a cost oracle (probed on one prompt)."""
+    if not task_data(cfg) or not hasattr(task, "cost"):
+        return False
+    return task.cost(task.sample_prompt(random.Random(0)), "") is not None
 
 
 def has_oracle(game: GameLoop) -> bool:
     """Whether the task has a cost oracle: its cost is then reported in every game, constrained
     or not (`policy/cost`)."""
-    task = game.task
-    if not task_data(game.cfg) or not hasattr(task, "cost"):
-        return False
-    return task.cost(task.sample_prompt(random.Random(0)), "") is not None
+    return _task_has_cost(game.cfg, game.task)
 
 
-def check(cfg: Any, task: Any, has_oracle: bool) -> None:
+def check(cfg: Any, task: Any) -> None:
     """A constraint needs a task with a cost oracle (its safety annotators label by it)."""
     c = cfg.game.cost
     if c.limit is not None and c.weight is not None:
@@ -60,10 +60,9 @@ def check(cfg: Any, task: Any, has_oracle: bool) -> None:
             f"game.cost.limit={c.limit} and game.cost.weight={c.weight}: a constraint adapts the "
             "cost's weight itself; set one of them"
         )
-    if not wanted(cfg):
+    if not cost_judge(cfg):
         return
-    probe = task.sample_prompt(random.Random(0)) if has_oracle else None
-    if probe is None or task.cost(probe, "") is None:
+    if not _task_has_cost(cfg, task):
         from apo.validation import ConfigError
 
         raise ConfigError(

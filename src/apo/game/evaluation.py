@@ -119,9 +119,7 @@ class Evaluator:
             "policy/entropy": sum(flat("entropy")) / max(sum(flat("lengths")), 1.0),
         }
         # decoding-time alignment: the judge's score of the RM's best of the N test samples
-        m[keys.best_of_n] = mean(
-            [rec["judge"][best_of_n(rec["rm_scores"], len(rec["rm_scores"]))[0]] for rec in test]
-        )
+        m[keys.best_of_n] = mean([_rm_pick(rec) for rec in test])
         m.update(self.disagreement(scores, val, samples.get("policy") if r > 0 else None))
         if keys.exact_match:
             m[keys.exact_match] = mean([float(o == 1.0) for o in flat("judge")])
@@ -200,7 +198,7 @@ class Evaluator:
     def sample_metrics(self, recs: list[dict[str, Any]]) -> dict[str, float]:
         """How well this round's RM picked among the policy's own training samples."""
         keys = self.judge.keys
-        best = [rec["judge"][best_of_n(rec["rm_scores"], len(rec["rm_scores"]))[0]] for rec in recs]
+        best = [_rm_pick(rec) for rec in recs]
         return {
             keys.samples_reward: mean([o for rec in recs for o in rec["judge"]]),
             keys.rm_best: mean(best),
@@ -209,3 +207,8 @@ class Evaluator:
                 [rec["rm_scores"] for rec in recs], [rec["judge"] for rec in recs]
             ),
         }
+
+
+def _rm_pick(rec: dict[str, Any]) -> float:
+    """The judge's score of the RM's best among a record's samples (best-of-N over all of them)."""
+    return rec["judge"][best_of_n(rec["rm_scores"], len(rec["rm_scores"]))[0]]

@@ -48,7 +48,7 @@ class GameLoop:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg, self.run_dir = cfg, Path(cfg.run_dir)
         self.task = instantiate(cfg.task)
-        cost.check(cfg, self.task, has_oracle(cfg))
+        cost.check(cfg, self.task)
         data = build_game_data(cfg, self.task)
         task_tokenizer = build_tokenizer(cfg, self.task, data)
         self.players = build_players(cfg, task_tokenizer)

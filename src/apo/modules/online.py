@@ -23,7 +23,7 @@ from apo.losses.rl import (
 )
 from apo.modules.logps import per_token_logps
 from apo.modules.sampling import SamplingSpec, sample
-from apo.rewards import penalised
+from apo.rewards import constrained, penalised
 from apo.strategies import build_optimizer, shard
 
 
@@ -143,7 +143,7 @@ class OnlinePolicyModule(L.LightningModule):
         scores = penalised(mean, sd, self.kappa).reshape(-1)
         if self.cost is not None:
             costs = torch.sigmoid(self.cost.listwise_rewards(rmb)).reshape(-1)
-            scores = scores - self.lagrange * costs
+            scores = constrained(scores, costs, self.lagrange)
         self.split["sample"].append(t1 - t0)
         self.split["logps"].append(t2 - t1)
         self.split["score"].append(time.perf_counter() - t2)
