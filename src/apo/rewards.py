@@ -1,8 +1,10 @@
 """The reward the policy is aligned on, from what the judges of the game say: the RM ensemble's
-mean less an uncertainty penalty (`game.uncertainty_penalty`, kappa) and, in a constrained game
-(`game.cost`), the Lagrange multiplier lambda times the cost model's predicted cost:
+mean less an uncertainty penalty (`game.uncertainty_penalty`, kappa), plus the weighted
+standardised scores z_j of the game's other RMs (`game.judges`, `apo.game.judge_rms`) and, in a
+constrained game (`game.cost`), less the Lagrange multiplier lambda times the cost model's
+predicted cost:
 
-    r(x, y) = mean_m r_m(x, y) - kappa * std_m r_m(x, y) - lambda * c(x, y)
+    r(x, y) = mean_m r_m(x, y) - kappa * std_m r_m(x, y) + sum_j w_j z_j(x, y) - lambda * c(x, y)
 
 lambda is the dual variable of `E[c] <= limit` (Safe RLHF): after each round's scoring it moves
 by `lr * (E[c] - limit)` over the policy's samples, and never below 0.
@@ -32,6 +34,17 @@ def penalised(mean: Rewards, std: Rewards | Sequence[float], kappa: float) -> Re
     if torch.is_tensor(mean):
         return mean - kappa * std if kappa else mean
     return [m - kappa * s for m, s in zip(mean, std)] if kappa else list(mean)
+
+
+def weighted(rewards: Rewards, extra: Sequence[tuple[float, Rewards | Sequence[float]]]) -> Rewards:
+    """`r + sum_j w_j * s_j`, per response, for tensors (the online fit's rollouts) or lists;
+    `extra` holds `(w_j, s_j)` with one score per response."""
+    for _, s in extra:
+        if len(s) != len(rewards):
+            raise ValueError(f"weighted: {len(rewards)} rewards but {len(s)} judge scores")
+    if torch.is_tensor(rewards):
+        return rewards + sum(w * s for w, s in extra) if extra else rewards
+    return [r + sum(w * s[i] for w, s in extra) for i, r in enumerate(rewards)]
 
 
 def constrained(rewards: Rewards, costs: Rewards | Sequence[float], lam: float) -> Rewards:

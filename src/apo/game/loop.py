@@ -19,7 +19,7 @@ from apo.data.budgets import check_budgets, check_unknown_tokens
 from apo.data.sizing import resolve_sizes
 from apo.data.sources import build_game_data, build_tokenizer, has_oracle
 from apo.distributed import full_state_dict, gather_objects, is_global_zero
-from apo.game import cost, denoising, human_pairs
+from apo.game import cost, denoising, human_pairs, judge_rms
 from apo.game.evaluation import Evaluator
 from apo.game.outputs import RoundWriter, write_run_config
 from apo.game.phases import PHASES, START_PHASES, Phase
@@ -49,6 +49,7 @@ class GameLoop:
         self.cfg, self.run_dir = cfg, Path(cfg.run_dir)
         self.task = instantiate(cfg.task)
         cost.check(cfg, self.task)
+        judge_rms.check(cfg)
         data = build_game_data(cfg, self.task)
         task_tokenizer = build_tokenizer(cfg, self.task, data)
         self.players = build_players(cfg, task_tokenizer)
@@ -269,6 +270,9 @@ class GameLoop:
         players.ref.load_state_dict(w["ref"])
         if "cost" in w and players.cost is not None:
             players.cost.load_state_dict(w["cost"])
+        if "judge_rms" in w and players.judge_rms is not None:
+            players.judge_rms.load_state_dict(w["judge_rms"])
+            self.dm.data.meta.update(judge_rms.meta(self.state.judge_rms))
         if "rm_base" in w:
             players.snapshot_rm_base()
             players.rm_base.load_state_dict(w["rm_base"])

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import DataLoader
 
 from apo.data.collate import ListDataset, ListwiseCollator
+from apo.game import judge_rms
 from apo.game.plan import RoundPlan
 from apo.game.players import reward_module
 from apo.modules.ensemble import members
@@ -67,6 +68,11 @@ def online_fit(game: GameLoop, r: int, plan: RoundPlan) -> tuple[OnlinePolicyMod
         uncertainty_penalty=float(cfg.game.uncertainty_penalty),
         cost=players.cost_module() if players.cost is not None else None,
         lagrange=float(game.state.lagrange or 0.0),
+        judges=[
+            (players.judge_module(s.name), s.weight, norm["mean"], norm["std"])
+            for s in judge_rms.specs(cfg)
+            for norm in [game.state.judge_rms[s.name]]
+        ],
     )
     items: list[dict[str, Any]] = [
         {"prompt": p, "prompt_ids": dm.prompt_ids(p)} for p in dm.data.policy_prompts

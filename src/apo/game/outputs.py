@@ -123,6 +123,8 @@ class RoundWriter:
                 ),
                 # a constrained game's predicted cost (rm_score is then r - lambda * cost)
                 **({"cost_score": rec["cost_scores"][j]} if "cost_scores" in rec else {}),
+                # each of game.judges' standardised score (rm_score includes their weighted sum)
+                **{f"judge_{n}": z[j] for n, z in rec.get("judge_scores", {}).items()},
                 # an RM ensemble's members' mean and std (rm_score is the shaped reward)
                 **(
                     {"rm_mean": rec["rm_mean"][j], "rm_std": rec["rm_std"][j]}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from apo import warm_cache
 from apo.config import plain
 from apo.distributed import full_state_dict, is_global_zero
-from apo.game import cost, denoising, human_pairs
+from apo.game import cost, denoising, human_pairs, judge_rms
 from apo.game.trainers import timed
 from apo.guards import check_finite, check_health, check_limits
 from apo.losses.objectives import SFT
@@ -50,7 +50,7 @@ class Phase:
 
 PHASES: dict[str, Phase] = {}
 #: what round 0 plays, in order
-START_PHASES = ("warm_start", "denoise", "cost_model", "prepare_judge", "evaluate")
+START_PHASES = ("warm_start", "denoise", "cost_model", "judge_rms", "prepare_judge", "evaluate")
 
 
 def phase(
@@ -126,6 +126,13 @@ def cost_model(game: GameLoop, r: int) -> None:
     game.dm.data.meta.update(cost.fit_cost_model(game))
 
 
+@phase("judge_rms", changes=("judge_rms",), enabled=judge_rms.enabled)
+def fit_judge_rms(game: GameLoop, r: int) -> None:
+    """The game's other RMs (`game.judges`), each fitted once on its own pairs
+    (`apo.game.judge_rms`)."""
+    game.dm.data.meta.update(judge_rms.fit(game))
+
+
 @phase("prepare_judge", enabled=lambda game: game.judge.needs_prepare)
 def prepare_judge(game: GameLoop, r: int) -> None:
     """Whatever the judge needs before it can score (the test RM's one fit)."""
@@ -144,6 +151,7 @@ def evaluate(game: GameLoop, r: int) -> None:
         )
     m = ev.metrics
     m.update(cost.evaluate(game, ev.test))
+    m.update(judge_rms.evaluate(game, ev.test))
     m.update(state.round_metrics)
     state.round_metrics = {}
     m["time/evaluate_s"] = time.perf_counter() - t0
@@ -234,6 +242,8 @@ def score(game: GameLoop, r: int) -> None:
         )
         for rec, j in zip(recs, game.judge.score(recs)):
             rec["judge"] = j
+    if judge_rms.enabled(game):  # + sum_j w_j z_j
+        game.state.round_metrics.update(judge_rms.shape(game, game.state.samples))
     if cost.enabled(game):  # r - lambda * c, with this round's step of lambda
         game.state.round_metrics.update(cost.constrain(game, game.state.samples))
 
@@ -270,8 +280,9 @@ def policy_fit(game: GameLoop, r: int) -> None:
             _fit(game, r, "policy", "round", module, loader, {"gradient_clip_val": None})
         finally:
             game.players.rm.requires_grad_(True)
-            if game.players.cost is not None:
-                game.players.cost.requires_grad_(True)
+            for frozen in (game.players.cost, game.players.judge_rms):
+                if frozen is not None:
+                    frozen.requires_grad_(True)
         return
     selected = plan.policy.select(state.samples["policy"])
     module = game.players.policy_module(plan.policy, lr=plan.lr, log_prefix="policy/train")

@@ -26,6 +26,9 @@ from apo.modules.policy import PolicyModule
 from apo.modules.reward import RewardModule
 from apo.modules.sampling import SamplingSpec
 
+#: judge RM j (`game.judges`, in name order) is built from `seed + JUDGE_SEED_OFFSET + j`
+JUDGE_SEED_OFFSET = 101
+
 Optimizer = Callable[..., torch.optim.Optimizer]
 
 
@@ -67,6 +70,8 @@ class Players:
     rm_bag_seed: int = 0
     #: the cost model of a game with a cost judge (`game.cost`), else None
     cost: nn.Module | None = None
+    #: the game's other RMs (`game.judges`), by name, else None
+    judge_rms: nn.ModuleDict | None = None
     #: the players' architectures without weights, to copy the reference (and the base RM) from
     #: once the players are sharded (taken before any fit; not submodules, so no engine wraps
     #: them)
@@ -102,6 +107,7 @@ class Players:
             "rm": self.rm,
             "rm_base": self.rm_base,
             "cost": self.cost,
+            "judge_rms": self.judge_rms,
         }
 
     def rm_module(
@@ -127,6 +133,18 @@ class Players:
         optimizer = self.rm_optimizer if objective is not None else None
         eos = self.rm_tokenizer.eos_token_id
         return reward_module(self.cost, self.pooling, eos, objective, optimizer, log_prefix)
+
+    def judge_module(
+        self, name: str, objective: Any = None, log_prefix: str | None = None
+    ) -> RewardModule:
+        """Judge RM `name` (`game.judges`) for its fit (`objective`) or for scoring."""
+        if self.judge_rms is None or name not in self.judge_rms:
+            raise RuntimeError(f"judge_module: this game has no judge RM {name!r} (game.judges)")
+        optimizer = self.rm_optimizer if objective is not None else None
+        eos = self.rm_tokenizer.eos_token_id
+        return reward_module(
+            self.judge_rms[name], self.pooling, eos, objective, optimizer, log_prefix
+        )
 
     def policy_module(
         self,
@@ -176,6 +194,20 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         rm_source = tokenizer if same else task_tokenizer
         with isolated_rng(int(cfg.seed) + 2):
             cost = build_player("rm", cfg.rm, cfg.seed + 2, rm_source, own_tokenizer=not same)[0]
+    judge_rms = None
+    names = sorted(cfg.game.get("judges") or {})
+    if names:  # the same way, each from its own seed
+        rm_source = tokenizer if same else task_tokenizer
+        judge_rms = nn.ModuleDict()
+        for j, name in enumerate(names):
+            with isolated_rng(int(cfg.seed) + JUDGE_SEED_OFFSET + j):
+                judge_rms[name] = build_player(
+                    "rm",
+                    cfg.rm,
+                    cfg.seed + JUDGE_SEED_OFFSET + j,
+                    rm_source,
+                    own_tokenizer=not same,
+                )[0]
     return Players(
         policy=policy,
         rm=rm,
@@ -186,6 +218,7 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         rm_optimizer=instantiate(cfg.rm.optimizer),
         rm_bootstrap=float(ensemble.bootstrap),
         cost=cost,
+        judge_rms=judge_rms,
         rm_bag_seed=int(cfg.seed),
     )
 

@@ -42,6 +42,8 @@ class GameState:
     denoised: dict[str, Any] | None = None
     #: the Lagrange multiplier of a constrained game (`game.cost`); None before its first step
     lagrange: float | None = None
+    #: each of `game.judges`' standardisation, fixed at its fit: name -> {"mean", "std"}
+    judge_rms: dict[str, dict[str, float]] = field(default_factory=dict)
     #: what the judge's preparation reported (the test RM's accuracy, its fit time)
     judge_info: dict[str, float] = field(default_factory=dict)
     #: config changes a resume was allowed to make (`resume_allow`): after which phase, what

@@ -5,7 +5,7 @@ policy is updated on them against the frozen reference. One LightningModule for 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -23,7 +23,7 @@ from apo.losses.rl import (
 )
 from apo.modules.logps import per_token_logps
 from apo.modules.sampling import SamplingSpec, sample
-from apo.rewards import constrained, penalised
+from apo.rewards import constrained, penalised, weighted
 from apo.strategies import build_optimizer, shard
 
 
@@ -48,6 +48,8 @@ class OnlinePolicyModule(L.LightningModule):
         uncertainty_penalty: kappa of the reward `mean - kappa * std` of an RM ensemble.
         cost, lagrange: a constrained game's cost model (a scoring `RewardModule`, frozen here)
             and multiplier: the reward is `r - lagrange * sigmoid(cost logit)` (`apo.rewards`).
+        judges: the game's other RMs (`game.judges`) as `(scoring RewardModule, weight, mean,
+            std)`, frozen here: the reward gains `weight * (score - mean) / std` of each.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class OnlinePolicyModule(L.LightningModule):
         uncertainty_penalty: float = 0.0,
         cost: nn.Module | None = None,
         lagrange: float = 0.0,
+        judges: Sequence[tuple[L.LightningModule, float, float, float]] = (),
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -84,6 +87,9 @@ class OnlinePolicyModule(L.LightningModule):
         self.cost, self.lagrange = cost, lagrange
         if cost is not None:
             cost.requires_grad_(False)
+        self.judges = nn.ModuleList([j for j, *_ in judges])
+        self.judges.requires_grad_(False)
+        self.judge_norms = [tuple(rest) for _, *rest in judges]
         self.eos, self.pad, self.seed = eos_token_id, pad_token_id, seed
         self.grad_clip, self.log_prefix = grad_clip, log_prefix
         #: seconds of every step's parts: sampling, log-probs, scoring, update
@@ -95,6 +101,9 @@ class OnlinePolicyModule(L.LightningModule):
         if self.cost is not None:
             roots += self.cost.shard_roots()
             frozen.append(self.cost.model)
+        for judge in self.judges:
+            roots += judge.shard_roots()
+            frozen.append(judge.model)
         if self.critic is not None:
             roots += [self.critic.model.base_model, self.critic.model.score]
         shard(self, roots, frozen=frozen)
@@ -104,6 +113,7 @@ class OnlinePolicyModule(L.LightningModule):
         self.rm.eval()
         if self.cost is not None:
             self.cost.eval()
+        self.judges.eval()
 
     # ---- a rollout -------------------------------------------------------------------------
     @torch.no_grad()
@@ -141,6 +151,12 @@ class OnlinePolicyModule(L.LightningModule):
         }
         mean, sd = self.rm.listwise_spread(rmb)
         scores = penalised(mean, sd, self.kappa).reshape(-1)
+        if len(self.judges):
+            extra = [
+                (w, (judge.listwise_rewards(rmb).reshape(-1) - mu) / std)
+                for judge, (w, mu, std) in zip(self.judges, self.judge_norms)
+            ]
+            scores = weighted(scores, extra)
         if self.cost is not None:
             costs = torch.sigmoid(self.cost.listwise_rewards(rmb)).reshape(-1)
             scores = constrained(scores, costs, self.lagrange)

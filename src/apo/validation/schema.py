@@ -67,6 +67,8 @@ class Game(_Node):
     rm_centering_coeff: float = NonNeg
     uncertainty_penalty: float = NonNeg
     cost: Cost
+    #: more RMs the policy is aligned on, by name (checked by `apo.game.judge_rms.specs`)
+    judges: dict[str, dict[str, Any]]
     warm_start_cache: str | None
     round_phases: list[str] = Field(min_length=1)
     guard: Guard
