@@ -55,3 +55,32 @@ def test_lookahead_stops_at_the_token_budget_and_keeps_finished_responses():
 
     out = lookahead_search(1, extend, lambda ps: [float(len(t)) for _, t in ps], 2, 2, 3)
     assert out == [[0, 1, 2]]
+
+
+def test_the_evaluation_reports_the_guided_decoding_beside_the_plain_policy(tmp_path):
+    """`game.eval_lookahead`: a guided response per test prompt, judged, in every evaluation;
+    the search climbs the RM above the plain samples' mean and leaves every other number of the
+    game as it was (its models are copies, its draws apart from the game's stream)."""
+    import json
+
+    from apo.train import train
+    from tests.conftest import compose_cfg
+
+    base = ["experiment=tiny", "game.rounds=1", "game.save_weights=false"]
+    rounds = {}
+    for name, extra in (("plain", []), ("guided", ["game.eval_lookahead.beams=2"])):
+        run = tmp_path / name
+        train(compose_cfg([*base, *extra], run_dir=run))
+        rounds[name] = json.loads((run / "summary.json").read_text())["rounds"]
+    for plain, guided in zip(rounds["plain"], rounds["guided"]):
+        assert "policy/lookahead_gold_reward" not in plain
+        assert 0.0 <= guided["policy/lookahead_gold_reward"] <= 1.0
+        assert 0 < guided["policy/lookahead_length"] <= 12
+        assert guided["policy/lookahead_rm_reward"] > guided["policy/rm_reward"]
+        for key in (
+            "policy/gold_reward",
+            "policy/kl",
+            "rm/val/acc",
+            "policy/best_of_n_gold_reward",
+        ):
+            assert plain[key] == guided[key], key

@@ -3,7 +3,8 @@ samples of a prompt, the one the RM scores highest. The evaluation reports the j
 the RM's pick among each test prompt's samples (`policy/best_of_n_*`) beside the plain policy's,
 and `apo-generate best_of=N rm.path=...` writes each output sample as the RM's best of N draws.
 `lookahead_search` is the RM-guided look-ahead (DeAL): a beam search over chunks of the policy's
-own sampling, the RM scoring every partial response (`apo-generate lookahead.beams=...`).
+own sampling, the RM scoring every partial response (`apo-generate lookahead.beams=...`, and in
+every evaluation with `game.eval_lookahead.beams`: `apo.game.guided`).
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ class JudgeKeys:
     best: str
     #: judge score of the RM's pick among a test prompt's N samples (best-of-N decoding)
     best_of_n: str
+    #: judge score of the RM-guided look-ahead's response to a test prompt (`game.eval_lookahead`)
+    lookahead: str
     #: per-sample score column of the round files
     record: str
     #: the summary table's columns
@@ -73,6 +75,7 @@ ORACLE_KEYS = JudgeKeys(
     rm_best="game/rm_best_gold_reward",
     best="game/oracle_best_gold_reward",
     best_of_n="policy/best_of_n_gold_reward",
+    lookahead="policy/lookahead_gold_reward",
     record="oracle_reward",
     table=("rm/val/acc", "rm/onpolicy/acc", "policy/gold_reward", "policy/kl", "policy/length"),
     exact_match="policy/exact_match",
@@ -86,6 +89,7 @@ TEST_RM_KEYS = JudgeKeys(
     rm_best="game/rm_best_test_rm_reward",
     best="game/best_test_rm_reward",
     best_of_n="policy/best_of_n_test_rm_reward",
+    lookahead="policy/lookahead_test_rm_reward",
     record="test_rm_score",
     table=(
         "rm/val/acc",

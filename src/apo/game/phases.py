@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from apo import warm_cache
 from apo.config import plain
 from apo.distributed import full_state_dict, is_global_zero
-from apo.game import cost, denoising, human_pairs, judge_rms
+from apo.game import cost, denoising, guided, human_pairs, judge_rms
 from apo.game.trainers import timed
 from apo.guards import check_finite, check_health, check_limits
 from apo.losses.objectives import SFT
@@ -152,6 +152,7 @@ def evaluate(game: GameLoop, r: int) -> None:
     m = ev.metrics
     m.update(cost.evaluate(game, ev.test))
     m.update(judge_rms.evaluate(game, ev.test))
+    m.update(guided.evaluate(game, r))
     m.update(state.round_metrics)
     state.round_metrics = {}
     m["time/evaluate_s"] = time.perf_counter() - t0

@@ -47,6 +47,12 @@ class Cost(_Node):
     init: float = NonNeg
 
 
+class Lookahead(_Node):
+    beams: int = NonNeg
+    expand: int = Field(ge=1)
+    chunk: int = Field(ge=1)
+
+
 class Game(_Node):
     # 0 = the warm start and its evaluation only (final/ holds the warm-started players)
     rounds: int = Field(ge=0)
@@ -60,6 +66,7 @@ class Game(_Node):
     reference: Literal["fixed", "round"]
     rm_kl_coeff: float = NonNeg
     eval_samples_per_prompt: int = Field(ge=1)
+    eval_lookahead: Lookahead
     save_weights: bool
     num_text_samples: int = NonNeg
     rm_loss: str
