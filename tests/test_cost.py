@@ -15,7 +15,7 @@ from omegaconf import open_dict
 from apo.game import GameLoop
 from apo.losses.cost import CostObjective
 from apo.records import read_jsonl
-from apo.rewards import constrained, lagrange_step
+from apo.rewards import constrained, lagrange_step, solved_lagrange
 from apo.train import train
 from apo.validation import ConfigError
 from tests.conftest import compose_cfg, sort_task
@@ -56,6 +56,21 @@ def test_the_multiplier_rises_while_the_constraint_is_broken_and_never_goes_belo
         constrained([1.0, 2.0], [0.5], 1.0)
 
 
+def test_the_solved_multiplier_is_the_smallest_that_meets_the_limit():
+    # two prompts whose best sample by reward costs 1; the free ones lose 1 and 3 of reward
+    rewards, costs = [[2.0, 1.0], [4.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]
+    assert solved_lagrange(rewards, costs, limit=1.0) == 0.0  # already within
+    # one prompt must switch to its free sample: the cheaper switch, just above lambda = 1
+    assert solved_lagrange(rewards, costs, limit=0.5) == pytest.approx(1.0, abs=1e-9)
+    assert solved_lagrange(rewards, costs, limit=0.5) > 1.0
+    assert solved_lagrange(rewards, costs, limit=0.0) == pytest.approx(3.0, abs=1e-9)
+    # no multiplier reaches 0.1 when every sample of a prompt costs 1: the lowest reachable mean
+    lam = solved_lagrange([[2.0, 1.0], [4.0, 1.0]], [[1.0, 0.0], [1.0, 1.0]], limit=0.1)
+    assert lam == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="same shape"):
+        solved_lagrange([[1.0, 2.0]], [[0.5]], 0.1)
+
+
 def cfg_overrides(limit: float, lr: float) -> list[str]:
     return [
         "experiment=tiny",
@@ -93,6 +108,27 @@ def test_a_constrained_game_moves_the_multiplier_and_shapes_the_rewards(tmp_path
     assert again.state.lagrange == pytest.approx(lam)
     mine, theirs = game.players.cost.state_dict(), again.players.cost.state_dict()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+def test_a_solved_multiplier_meets_the_limit_on_each_rounds_samples(tmp_path: Path):
+    run = tmp_path / "run"
+    limit = 0.2
+    over = [*cfg_overrides(limit, 2.0), "game.rounds=1", "game.cost.multiplier=solve"]
+    game = GameLoop(compose_cfg(over, run_dir=run))
+    game.run()
+    rounds = json.loads((run / "summary.json").read_text())["rounds"]
+    lam = rounds[1]["game/lagrange"]
+    recs = game.state.samples["policy"]
+    # the shaped reward's pick of every prompt holds the cost model's limit on average
+    picks = [
+        rec["cost_scores"][
+            max(range(len(rec["rm_scores"])), key=lambda j: (rec["rm_scores"][j], -j))
+        ]
+        for rec in recs
+    ]
+    floor = sum(min(rec["cost_scores"]) for rec in recs) / len(recs)
+    assert sum(picks) / len(picks) <= max(limit, floor) + 1e-6
+    assert lam > 0  # the tiny policy's samples hold 9s far more often than 20 %
 
 
 def test_a_constraint_on_a_task_without_a_cost_oracle_is_refused(tmp_path: Path):

@@ -60,3 +60,37 @@ def lagrange_step(lam: float, mean_cost: float, limit: float, lr: float) -> floa
     """One projected dual-ascent step of the multiplier of `E[c] <= limit`: up while the
     constraint is broken, down (to 0 at most) while it holds."""
     return max(0.0, lam + lr * (mean_cost - limit))
+
+
+def solved_lagrange(
+    rewards: Sequence[Sequence[float]], costs: Sequence[Sequence[float]], limit: float
+) -> float:
+    """The smallest lambda >= 0 with which each prompt's best sample by `r - lambda * c` (the one
+    every objective prefers) has a mean cost <= `limit` over the prompts, found by bisection (that
+    mean does not rise with lambda). When no lambda meets the limit, the one that reaches the
+    lowest mean cost the samples allow."""
+    if len(rewards) != len(costs) or any(len(r) != len(c) for r, c in zip(rewards, costs)):
+        raise ValueError("solved_lagrange: rewards and costs must have the same shape")
+
+    def mean_cost(lam: float) -> float:
+        picks = [
+            max(range(len(r)), key=lambda j: (r[j] - lam * c[j], -j))
+            for r, c in zip(rewards, costs)
+        ]
+        return sum(c[j] for c, j in zip(costs, picks)) / max(len(picks), 1)
+
+    if mean_cost(0.0) <= limit:
+        return 0.0
+    # above every reward gap over every cost gap the pick is the cheapest sample (ties aside)
+    spread = max((max(r) - min(r) for r in rewards if r), default=0.0)
+    gaps = [abs(a - b) for c in costs for a in c for b in c if a != b]
+    hi = (spread / min(gaps) if gaps else 0.0) * 2 + 1.0
+    target = max(limit, mean_cost(hi))
+    lo = 0.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mean_cost(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi

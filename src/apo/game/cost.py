@@ -6,7 +6,9 @@ After the warm start the simulated safety annotators label samples of the warm-s
 (`OracleTask.label_cost`) and a cost model (the RM's architecture, its own weights) learns them
 (`apo.losses.cost.CostObjective`). Each round's scoring adds its predicted cost `c` to every
 sample, moves the multiplier `lambda` by `lr * (E[c] - limit)` over the policy's samples and
-gives the policy `r - lambda * c` (`apo.rewards`). The evaluation reports the oracle's cost of
+gives the policy `r - lambda * c` (`apo.rewards`); with `game.cost.multiplier: solve` lambda is
+instead the smallest multiplier with which each prompt's best sample by `r - lambda * c` meets
+the limit on average over the round's samples (the cost model's costs). The evaluation reports the oracle's cost of
 the policy's test samples (`policy/cost`) beside the model's (`policy/cost_model`).
 """
 
@@ -23,7 +25,7 @@ from apo.data.sources import has_oracle as task_data
 from apo.game.players import cost_judge
 from apo.losses.cost import CostObjective
 from apo.metrics import mean
-from apo.rewards import constrained, lagrange_step
+from apo.rewards import constrained, lagrange_step, solved_lagrange
 
 if TYPE_CHECKING:
     from apo.game.loop import GameLoop
@@ -139,6 +141,13 @@ def constrain(game: GameLoop, samples: dict[str, list[dict[str, Any]]]) -> dict[
     expected = mean([c for rec in samples["policy"] for c in rec["cost_scores"]])
     if cfg.weight is not None:  # a fixed trade-off
         state.lagrange = float(cfg.weight)
+    elif cfg.multiplier == "solve":  # the multiplier that meets the limit on this round's samples
+        policy = samples["policy"]
+        state.lagrange = solved_lagrange(
+            [rec["rm_scores"] for rec in policy],
+            [rec["cost_scores"] for rec in policy],
+            float(cfg.limit),
+        )
     else:
         lam = float(cfg.init) if state.lagrange is None else state.lagrange
         state.lagrange = lagrange_step(lam, expected, float(cfg.limit), float(cfg.lr))

@@ -44,6 +44,7 @@ class Cost(_Node):
     limit: float | None = Field(ge=0, le=1)
     weight: float | None = Field(ge=0)
     lr: float = NonNeg
+    multiplier: Literal["step", "solve"]
     init: float = NonNeg
 
 
