@@ -83,6 +83,7 @@ def test_a_phase_name_is_registered_once():
 def test_every_phase_that_changes_weights_names_them():
     for name, p in PHASES.items():
         # the weights a game state saves (`Players.models`)
-        assert set(p.changes) <= {"policy", "ref", "rm", "rm_base", "cost"}, name
+        assert set(p.changes) <= {"policy", "ref", "rm", "rm_base", "cost", "judge_rms"}, name
     assert PHASES["rm_fit"].changes == ("rm",) and PHASES["policy_fit"].changes == ("policy",)
     assert PHASES["cost_model"].changes == ("cost",) and PHASES["denoise"].changes == ()
+    assert PHASES["judge_rms"].changes == ("judge_rms",)
