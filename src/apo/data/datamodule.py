@@ -123,6 +123,14 @@ class GameDataModule(L.LightningDataModule):
             for i, it in enumerate(items)
         ]
 
+    def text_items(self, records: list[dict[str, Any]], player: str = "rm") -> list[dict]:
+        """`player`'s listwise items over the `texts` of each record (`prompt`, `texts`), to
+        score: the texts are encoded here, no scores attached."""
+        return [
+            self.text_item(i, rec["prompt"], rec["texts"], [0.0] * len(rec["texts"]), player)
+            for i, rec in enumerate(records)
+        ]
+
     def sample_items(self, records: list[dict[str, Any]], player: str = "policy") -> list[dict]:
         """`player`'s listwise items over the samples of each record (scores = RM scores when
         present)."""

@@ -8,8 +8,9 @@ After the warm start the simulated safety annotators label samples of the warm-s
 sample, moves the multiplier `lambda` by `lr * (E[c] - limit)` over the policy's samples and
 gives the policy `r - lambda * c` (`apo.rewards`); with `game.cost.multiplier: solve` lambda is
 instead the smallest multiplier with which each prompt's best sample by `r - lambda * c` meets
-the limit on average over the round's samples (the cost model's costs). The evaluation reports the oracle's cost of
-the policy's test samples (`policy/cost`) beside the model's (`policy/cost_model`).
+the limit on average over the round's samples (the cost model's costs). The evaluation reports
+the oracle's cost of the policy's test samples (`policy/cost`) beside the model's
+(`policy/cost_model`).
 """
 
 from __future__ import annotations
@@ -121,13 +122,8 @@ def fit_cost_model(game: GameLoop) -> dict[str, float]:
 def predict_costs(game: GameLoop, records: list[dict[str, Any]]) -> list[list[float]]:
     """The cost model's probability that each response of each record is costly."""
     dm = game.dm
-    items = [
-        dm.text_item(i, rec["prompt"], rec["texts"], [0.0] * len(rec["texts"]), "rm")
-        for i, rec in enumerate(records)
-    ]
-    out = game.trainers.predict(
-        "rm", game.players.cost_module(), dm.listwise_loader(items, "score")
-    )
+    loader = dm.listwise_loader(dm.text_items(records), "score")
+    out = game.trainers.predict("rm", game.players.cost_module(), loader)
     return [[1.0 / (1.0 + math.exp(-x)) for x in o["rewards"]] for o in out]
 
 

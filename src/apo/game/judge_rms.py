@@ -100,11 +100,11 @@ def check(cfg: DictConfig) -> None:
     record and field) before any work is done."""
     for spec in specs(cfg):
         if spec.pairs != "human":
-            load_pairs(cfg, spec, [])
+            load_pairs(cfg, spec, ([], []))
 
 
 def load_pairs(
-    cfg: DictConfig, spec: JudgeRM, human: list[ListwiseItem] | tuple[list, list]
+    cfg: DictConfig, spec: JudgeRM, human: tuple[list[ListwiseItem], list[ListwiseItem]]
 ) -> tuple[list[ListwiseItem], list[ListwiseItem]]:
     """`(train, val)`: the game's human pairs (`human` = `(human_train, human_val)`) or the
     file's, split by prompt from the game's seed."""
@@ -172,15 +172,9 @@ def meta(fitted: dict[str, dict[str, float]]) -> dict[str, float]:
 def _predict(game: GameLoop, name: str, records: list[dict[str, Any]]) -> list[list[float]]:
     """Judge `name`'s raw scores of every response of `records`, drawn apart from the game's
     random stream (a DataLoader's iterator draws its base seed from it)."""
-    dm = game.dm
-    items = [
-        dm.text_item(i, rec["prompt"], rec["texts"], [0.0] * len(rec["texts"]), "rm")
-        for i, rec in enumerate(records)
-    ]
+    loader = game.dm.listwise_loader(game.dm.text_items(records), "score")
     with isolated_rng(int(game.cfg.seed) + JUDGE_SEED_OFFSET):
-        out = game.trainers.predict(
-            "rm", game.players.judge_module(name), dm.listwise_loader(items, "score")
-        )
+        out = game.trainers.predict("rm", game.players.judge_module(name), loader)
     return [o["rewards"] for o in out]
 
 

@@ -187,27 +187,23 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
     ]
     rm_tokenizer = built[0][1]
     rm = built[0][0] if len(built) == 1 else RMEnsemble([m for m, _ in built])
-    cost = None
-    if cost_judge(cfg):
+    rm_source = tokenizer if same else task_tokenizer
+
+    def own_rm(seed: int) -> nn.Module:
         # the RM's architecture from its own seed, and the game's random stream left as it was:
-        # the warm start (and its cache) is the same with and without a cost judge
-        rm_source = tokenizer if same else task_tokenizer
-        with isolated_rng(int(cfg.seed) + 2):
-            cost = build_player("rm", cfg.rm, cfg.seed + 2, rm_source, own_tokenizer=not same)[0]
-    judge_rms = None
-    names = sorted(cfg.game.get("judges") or {})
-    if names:  # the same way, each from its own seed
-        rm_source = tokenizer if same else task_tokenizer
-        judge_rms = nn.ModuleDict()
-        for j, name in enumerate(names):
-            with isolated_rng(int(cfg.seed) + JUDGE_SEED_OFFSET + j):
-                judge_rms[name] = build_player(
-                    "rm",
-                    cfg.rm,
-                    cfg.seed + JUDGE_SEED_OFFSET + j,
-                    rm_source,
-                    own_tokenizer=not same,
-                )[0]
+        # the warm start (and its cache) is the same with and without these extra RMs
+        with isolated_rng(seed):
+            return build_player("rm", cfg.rm, seed, rm_source, own_tokenizer=not same)[0]
+
+    cost = own_rm(int(cfg.seed) + 2) if cost_judge(cfg) else None
+    names = sorted(cfg.game.get("judges") or {})  # judge j from seed + JUDGE_SEED_OFFSET + j
+    judge_rms = (
+        nn.ModuleDict(
+            {n: own_rm(int(cfg.seed) + JUDGE_SEED_OFFSET + j) for j, n in enumerate(names)}
+        )
+        if names
+        else None
+    )
     return Players(
         policy=policy,
         rm=rm,
