@@ -338,3 +338,31 @@ def test_ddp_sigkill_in_policy_fit_then_resume(tmp_path: Path):
     assert len(steps) == len(set(steps)) and sorted(steps) == sorted(
         s for s, _ in _scalars(full)["policy/train/loss"]
     )
+
+
+def test_a_refused_resume_truncates_only_regular_log_files(tmp_path: Path):
+    """A root handler writing to a device (/dev/null reports size 0) is never "truncated back
+    to nothing", which would delete the device; a new log file is, an existing one is cut back."""
+    import logging
+
+    from apo.train import _log_files, _truncate
+
+    new, old = tmp_path / "new.log", tmp_path / "old.log"
+    old.write_text("kept\n")
+    handlers = [logging.FileHandler(p, delay=True) for p in (os.devnull, new, old)]
+    root = logging.getLogger()
+    for h in handlers:
+        root.addHandler(h)
+    try:
+        sizes = _log_files()
+        assert os.devnull not in sizes and sizes[str(new)] == 0 and sizes[str(old)] == 5
+        new.write_text("written by the refused run\n")
+        with old.open("a") as f:
+            f.write("and here\n")
+        _truncate(sizes)
+    finally:
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
+    assert not new.exists() and old.read_text() == "kept\n"

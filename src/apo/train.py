@@ -79,13 +79,15 @@ def run_game(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _log_files() -> dict[str, int]:
-    """The log files the root logger writes, and their sizes now (0: not there yet)."""
+    """The log files the root logger writes, and their sizes now (0: not there yet). Only
+    regular files (or files not there yet): a handler writing to a device such as /dev/null
+    reports size 0, and truncating "back to nothing" would delete the device."""
     import os
 
     out = {}
     for h in logging.getLogger().handlers:
         name = getattr(h, "baseFilename", None)
-        if name:
+        if name and (os.path.isfile(name) or not os.path.exists(name)):
             out[name] = os.path.getsize(name) if os.path.exists(name) else 0
     return out
 
