@@ -108,7 +108,26 @@ def test_budgets_sized_from_the_task_cover_its_longest_texts(name):
     longest_demo = max(n(r) for _, r in data.sft)
     assert cfg.policy.generation.max_new_tokens >= max(longest_answer, longest_demo) + 1
     assert cfg.data.max_prompt_len >= 1 + max(n(p) for p in data.test_prompts)
-    assert cfg.data.max_len == cfg.data.max_prompt_len + cfg.policy.generation.max_new_tokens + 1
+    # every sequence fits: a sample cut at its budget (eos appended), a golden answer, and the
+    # longest compared response the RM reads (rle's noisy ones can outgrow every golden answer)
+    longest_heard = max(n(r) for it in data.human_train + data.human_val for r in it.responses)
+    room = max(cfg.policy.generation.max_new_tokens, longest_heard + 1)
+    assert cfg.data.max_len == cfg.data.max_prompt_len + room + 1
+
+
+def test_sizing_covers_a_human_pair_longer_than_every_golden_answer():
+    # rle, seed 1: a noisy compared response of 18 tokens while the longest golden answer or
+    # demonstration has 16 (the experiment's games of that seed stopped on it before the fix)
+    cfg = compose_cfg(["task=rle", "seed=1"])
+    t = get_class(cfg.task._target_)(**{k: v for k, v in cfg.task.items() if k != "_target_"})
+    data = build_task_data(t, seed=1, **cfg.data.sizes)
+    tok = t.build_tokenizer()
+    n = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    said = max([n(r) for _, r in data.sft] + [n(data.golden[p]) for p in data.rm_prompts])
+    heard = max(n(r) for it in data.human_train + data.human_val for r in it.responses)
+    assert heard > said + 1  # the case: the compared responses are the longest texts
+    resolve_sizes(cfg, data, tok)
+    assert cfg.data.max_len >= cfg.data.max_prompt_len + heard + 1
 
 
 def test_set_budgets_are_kept(tmp_path):

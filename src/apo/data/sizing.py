@@ -2,7 +2,8 @@
 `policy.generation.max_new_tokens` left `null` are derived from the data before anything runs,
 so that nothing is cut: the longest prompt (with bos), the longest golden answer or
 demonstration (with eos), and their sum plus one (the eos appended to a sample the policy cut
-at its budget). Set values are kept, and checked like any other (`apo.data.budgets`)."""
+at its budget) — or the longest human-pair response, where one is longer (the RM reads those
+too; a task's compared responses may be longer than anything the policy must say). Set values are kept, and checked like any other (`apo.data.budgets`)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def resolve_sizes(
     if d.max_len is None:
         # the RM re-encodes the policy's texts: the longer of the two encodings, and eos
         rm_new = int(new) * _tokens_per_token(enc["policy"].tok, enc["rm"].tok)
-        rm_new = max(rm_new, 1 + max((_n(enc["rm"].tok, t) for t in said), default=0))
+        heard = [r for it in data.human_train + data.human_val for r in it.responses]
+        rm_new = max(rm_new, 1 + max((_n(enc["rm"].tok, t) for t in said + heard), default=0))
         derived["data.max_len"] = int(prompt) + max(int(new), rm_new) + 1
     if derived:
         with open_dict(cfg):
