@@ -4,8 +4,10 @@ texts, and the warm-start health check in a real (starved) game."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -146,9 +148,16 @@ def test_health_warning_fires_on_a_starved_warm_start(tmp_path, caplog):
     """One SFT epoch of a one-layer player does not learn the task: round 0 says so (the policy's
     score against its demonstrations'), and with `game.guard.action=stop` the game stops."""
     starved = ["experiment=tiny", "game.rounds=0", "game.save_weights=false"]
-    with caplog.at_level(logging.WARNING, logger="apo.guards"):
-        train(compose_cfg(starved, run_dir=tmp_path / "warn"))
+    with caplog.at_level(logging.INFO):
+        train(compose_cfg([*starved, "progress=lines"], run_dir=tmp_path / "warn"))
     assert "warm start: the warm-started policy scores" in caplog.text
     assert "did not learn the task" in caplog.text
+    # the numbers are in the progress output whether or not they warn
+    line = next(m for m in caplog.messages if m.startswith("round 0 evaluate:"))
+    ratio = re.search(r"warm start at (\d+)% of its demonstrations' (0\.\d{4})", line)
+    summary = json.loads((tmp_path / "warn" / "summary.json").read_text())
+    r0 = summary["rounds"][0]
+    assert ratio and int(ratio[1]) == round(100 * r0["game/warm_start_ratio"]) < 80
+    assert float(ratio[2]) == pytest.approx(r0["game/demo_reward"], abs=1e-4)
     with pytest.raises(GuardStop, match=r"warm start: .* of its demonstrations'"):
         train(compose_cfg([*starved, "game.guard.action=stop"], run_dir=tmp_path / "stop"))

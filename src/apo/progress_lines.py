@@ -45,7 +45,13 @@ def _evaluate(game: GameLoop, r: int) -> list[str]:
     keys = (game.judge.keys.reward, game.judge.keys.onpolicy_acc)
     # and the other judges' verdicts, when the game has them
     keys += ("policy/cost", "game/lagrange", "rm/ensemble/std_ratio")
-    return [f"{k} {last[k]:.4f}" for k in keys if k in last]
+    out = [f"{k} {last[k]:.4f}" for k in keys if k in last]
+    if "game/warm_start_ratio" in last:  # round 0: the warm start's health
+        out.append(
+            f"warm start at {last['game/warm_start_ratio']:.0%} of its demonstrations' "
+            f"{last['game/demo_reward']:.4f}"
+        )
+    return out
 
 
 def _denoise(game: GameLoop, r: int) -> list[str]:
