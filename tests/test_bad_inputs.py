@@ -94,6 +94,17 @@ CONFIG_CASES = [
     (["+trainer.max_epoch=2"], ConfigError, r"trainer\.max_epoch: not a Lightning Trainer"),
     (["+rm.warmup.max_stepz=3"], ConfigError, r"rm\.warmup\.max_stepz: not a Lightning"),
     (["trainer.gradient_clip_val=-1"], ConfigError, r"trainer\.gradient_clip_val=-1"),
+    (["trainer.accumulate_grad_batches=0"], ConfigError, r"accumulate_grad_batches=0: .*>= 1"),
+    (
+        ["objective=ppo", "trainer.accumulate_grad_batches=2"],
+        ConfigError,
+        r"trainer\.accumulate_grad_batches=2: objective=ppo steps its optimizer itself",
+    ),
+    (
+        ["objective=grpo", "+policy.round.accumulate_grad_batches=2"],
+        ConfigError,
+        r"policy\.round\.accumulate_grad_batches=2: objective=grpo",
+    ),
     (["resume=maybe"], ConfigError, r"resume='maybe'"),
     (["tensorboard_flush_secs=0"], ConfigError, r"tensorboard_flush_secs=0"),
     (["seed=-1"], ConfigError, r"seed=-1"),

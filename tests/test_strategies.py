@@ -250,3 +250,38 @@ def test_trainer_devices_and_num_nodes_reach_every_engine(tmp_path: Path):
     )
     for t in (policy, rm):
         assert (t.num_devices, t.num_nodes, t.world_size) == (1, 2, 2)
+
+
+#: Adam with a large eps is no longer invariant to the gradients' scale (its step is about
+#: lr·g/eps there), so a loss divided once too often or not at all under accumulation moves the
+#: weights by orders of magnitude more than TOL_PROCESSES; with the default eps it would not.
+SCALE_SENSITIVE = ["+rm.optimizer.eps=1e-3", "rm.optimizer.fused=false", "game.rounds=0"]
+#: the warm-start RM fit in micro-batches of a quarter of the single-process batch per rank
+#: (8 pairs), 2 of them per optimizer step on each of 2 ranks: the same 32 pairs per step
+ACCUMULATE = ["rm.batch_size=8", "policy.sft_batch_size=8", "trainer.accumulate_grad_batches=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("engine", ["ddp", *ENGINES])
+def test_two_micro_batches_step_like_one_double_batch(engine: str, runs: Runs):
+    run = runs(f"{engine}_accumulate", f"strategy={engine}", *SCALE_SENSITIVE, *ACCUMULATE)
+    single = runs("single_sensitive", "strategy=ddp", "strategy.devices=1", *SCALE_SENSITIVE)
+    assert _max_diff(_weights(run, 0, "rm"), _weights(single, 0, "rm")) < TOL_PROCESSES
+    # and the fit did move the RM, by far more than the tolerance
+    init = runs(
+        "untrained_rm",
+        "strategy=ddp",
+        "strategy.devices=1",
+        *SCALE_SENSITIVE,
+        "+rm.warmup.max_steps=0",
+    )
+    assert _max_diff(_weights(single, 0, "rm"), _weights(init, 0, "rm")) > 100 * TOL_PROCESSES
+
+
+@pytest.mark.slow
+def test_one_process_accumulation_steps_like_one_double_batch(runs: Runs):
+    half = ["rm.batch_size=16", "policy.sft_batch_size=16", "trainer.accumulate_grad_batches=2"]
+    run = runs("auto_accumulate", *SCALE_SENSITIVE, *half)
+    full = runs("auto_full", *SCALE_SENSITIVE)
+    assert _max_diff(_weights(run, 0, "rm"), _weights(full, 0, "rm")) < TOL_PROCESSES

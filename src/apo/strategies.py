@@ -61,8 +61,9 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
 
     On CPU it skips the CUDA-only checks and gives DeepSpeed the local rank as its device (CPU
     devices have no index). On GPUs every override falls through to the stock behaviour, except
-    `teardown`, which destroys the engine so that its hooks do not outlive the Trainer: the game
-    builds a new Trainer (and engine) on the same module for every phase.
+    `teardown`, which destroys the engine so that its hooks do not outlive the Trainer (the game
+    builds a new Trainer, and engine, on the same module for every phase), and `backward`, which
+    keeps the loss of an accumulated micro-batch from being divided twice.
 
     `cpu_adam=True` swaps the module's Adam/AdamW for `DeepSpeedCPUAdam` with the same
     hyperparameters, which DeepSpeed needs for optimizer offload.
@@ -134,6 +135,13 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
             self.config["zero_optimization"]["stage"],
             self.world_size,
         )
+
+    def backward(self, closure_loss: torch.Tensor, optimizer: Any, *args: Any, **kwargs: Any):
+        # Lightning has already divided the loss by `accumulate_grad_batches`; the engine would
+        # divide it by its `gradient_accumulation_steps` (the same number) once more, so every
+        # accumulated gradient came out k times too small (tests/test_strategies.py)
+        kwargs.setdefault("scale_wrt_gas", False)
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
 
     def teardown(self) -> None:
         engine = self.model

@@ -164,6 +164,35 @@ def _check_trainer_args(c: dict[str, Any]) -> None:
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if key == "gradient_clip_val" and not (number and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{where}.{key}={value!r}: expected a number >= 0")
+            if key == "accumulate_grad_batches" and not (integer and value >= 1):
+                raise ConfigError(f"{where}.{key}={value!r}: expected an integer >= 1")
+    _check_accumulation(c, groups)
+
+
+def _check_accumulation(c: dict[str, Any], groups: dict[str, dict[str, Any]]) -> None:
+    """The online objectives step their optimizer themselves (their minibatches are the
+    accumulation): a policy round fit that accumulates cannot be honoured there."""
+    from apo.losses.objectives import POLICY_OBJECTIVES
+
+    spec = POLICY_OBJECTIVES.get(c["objective"]["name"])
+    if spec is None or not spec.online:
+        return
+    for where in ("policy.round", "trainer"):
+        k = groups[where].get("accumulate_grad_batches")
+        if k is not None:
+            if k > 1:
+                raise ConfigError(
+                    f"{where}.accumulate_grad_batches={k}: objective={c['objective']['name']} "
+                    "steps its optimizer itself per rollout minibatch, so its round fits "
+                    f"cannot accumulate; set {where}.accumulate_grad_batches=1"
+                    + (
+                        " (or policy.round.accumulate_grad_batches=1 to accumulate in the "
+                        "other fits)"
+                        if where == "trainer"
+                        else ""
+                    )
+                )
+            return
 
 
 def validate(cfg: DictConfig) -> dict[str, Any]:
