@@ -285,3 +285,25 @@ def test_one_process_accumulation_steps_like_one_double_batch(runs: Runs):
     run = runs("auto_accumulate", *SCALE_SENSITIVE, *half)
     full = runs("auto_full", *SCALE_SENSITIVE)
     assert _max_diff(_weights(run, 0, "rm"), _weights(full, 0, "rm")) < TOL_PROCESSES
+
+
+def _samples(run: Path, r: int) -> list[dict]:
+    lines = (run / "rounds" / f"round_{r:02d}" / "samples.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed_stage_3"])
+def test_gathered_weights_sample_what_the_sharded_policy_samples(engine: str, runs: Runs):
+    gathered = runs(engine, f"strategy={engine}", *HALF_BATCH)  # the default
+    sharded = runs(
+        f"{engine}_sharded", f"strategy={engine}", *HALF_BATCH, "policy.generation.weights=sharded"
+    )
+    assert "the sharded policy gathered once" in (gathered / "output.log").read_text()
+    assert "the sharded policy gathered once" not in (sharded / "output.log").read_text()
+    for r in (1, 2):
+        got, want = _samples(gathered, r), _samples(sharded, r)
+        assert len(got) == len(want) > 0
+        assert got == want
+    _assert_same_game(gathered, sharded)

@@ -72,6 +72,9 @@ class Players:
     cost: nn.Module | None = None
     #: the game's other RMs (`game.judges`), by name, else None
     judge_rms: nn.ModuleDict | None = None
+    #: under a sharded engine, sample from gathered plain copies (`policy.generation.weights:
+    #: gathered`) instead of running the sharded policy every token
+    gather_generation: bool = True
     #: the players' architectures without weights, to copy the reference (and the base RM) from
     #: once the players are sharded (taken before any fit; not submodules, so no engine wraps
     #: them)
@@ -157,8 +160,9 @@ class Players:
         """The policy for a fit (`objective`, `lr`, `log_prefix`) or a prediction (`sampling`
         when it generates, and the `seed` every prediction draws from)."""
         optimizer = self.policy_optimizer if objective is not None else None
+        gather = self.skeleton if self.gather_generation else None
         return PolicyModule(
-            self.policy, self.ref, objective, optimizer, lr, log_prefix, sampling, seed
+            self.policy, self.ref, objective, optimizer, lr, log_prefix, sampling, seed, gather
         )
 
 
@@ -216,6 +220,7 @@ def build_players(cfg: DictConfig, task_tokenizer: PreTrainedTokenizerBase) -> P
         cost=cost,
         judge_rms=judge_rms,
         rm_bag_seed=int(cfg.seed),
+        gather_generation=cfg.policy.generation.weights == "gathered",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -9,11 +10,14 @@ import lightning as L
 import torch
 from torch import nn
 
+from apo.distributed import plain_copy, sharding
 from apo.losses.objectives import PolicyObjective
 from apo.modules.logps import sequence_logps
 from apo.modules.sampling import SamplingSpec, sample
 from apo.monitors import logs_this_step
 from apo.strategies import build_optimizer, shard
+
+log = logging.getLogger(__name__)
 
 
 def _fit_stats(
@@ -63,6 +67,11 @@ class PolicyModule(L.LightningModule):
         sampling: how `generate` samples (predictions that generate).
         seed: seeds every prediction, per rank: the same seed, round and rank draw the same
             samples.
+        gather_skeleton: with the players sharded (FSDP, ZeRO-3), `generate` gathers their
+            weights once per prediction into plain copies in this architecture (see
+            `apo.distributed.skeleton`), samples from them without a collective per token, and
+            frees them when the prediction ends (`policy.generation.weights: gathered`);
+            None = the sharded model runs every token (`sharded`).
     """
 
     def __init__(
@@ -75,6 +84,7 @@ class PolicyModule(L.LightningModule):
         log_prefix: str | None = None,
         sampling: SamplingSpec | None = None,
         seed: int | None = None,
+        gather_skeleton: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if objective is not None and (optimizer is None or log_prefix is None):
@@ -82,6 +92,9 @@ class PolicyModule(L.LightningModule):
         self.model, self.ref_model = model, ref_model
         self.objective, self.optimizer_factory, self.lr = objective, optimizer, lr
         self.log_prefix, self.sampling, self.seed = log_prefix, sampling, seed
+        # not a submodule: no engine may wrap or shard the architecture copies are made from
+        self._gather = (gather_skeleton,) if gather_skeleton is not None else None
+        self._gathered: tuple[nn.Module, nn.Module | None] | None = None
 
     def configure_model(self) -> None:
         # the reference is sharded like the policy; it keeps its full weights for saving
@@ -149,18 +162,40 @@ class PolicyModule(L.LightningModule):
         if s.mixture > 0 and self.ref_model is None:
             raise RuntimeError("mixture sampling needs the reference policy (after the warm start)")
         cfg = self.model.generation_config
+        model, ref_model = self._sampling_models()
         responses = sample(
-            self.model,
+            model,
             batch["input_ids"],
             batch["attention_mask"],
             num_samples=int(batch["num_samples"]),
             spec=s,
             eos_token_id=cfg.eos_token_id,
             pad_token_id=cfg.pad_token_id,
-            ref_model=self.ref_model if s.mixture > 0 else None,
+            ref_model=ref_model if s.mixture > 0 else None,
             stop_together=self._all_ranks,
         )
         return [{"index": i, "responses": r} for i, r in zip(batch["index"].tolist(), responses)]
+
+    def _sampling_models(self) -> tuple[nn.Module, nn.Module | None]:
+        """The policy and reference to sample from: the players themselves, or with gathered
+        weights and a sharded player, plain copies made at the first `generate` batch (a
+        collective, which every rank reaches together: the prediction's ranks run the same
+        batches) and kept until the prediction ends."""
+        if self._gather is None or sharding(self.model) is None:
+            return self.model, self.ref_model
+        if self._gathered is None:
+            (arch,) = self._gather
+            ref = self.ref_model
+            if ref is not None and self.sampling.mixture > 0 and sharding(ref) is not None:
+                ref = plain_copy(ref, arch).eval()
+            self._gathered = (plain_copy(self.model, arch).eval(), ref)
+            n = sum(p.numel() for p in self._gathered[0].parameters())
+            if self.global_rank == 0:
+                log.info("generation: the sharded policy gathered once (%d parameters)", n)
+        return self._gathered
+
+    def on_predict_end(self) -> None:
+        self._gathered = None  # the gathered copies are freed with the prediction
 
     def _all_ranks(self, flag: bool) -> bool:
         return self.trainer.strategy.reduce_boolean_decision(flag, all=True)

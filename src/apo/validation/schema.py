@@ -97,6 +97,7 @@ class Generation(_Node):
     temperature: float = PosFloat
     top_k: int = NonNeg
     top_p: float = Field(gt=0, le=1)
+    weights: Literal["gathered", "sharded"]
 
 
 class Optimizer(_Open):
