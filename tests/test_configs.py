@@ -58,3 +58,16 @@ def test_per_player_strategy_override():
     cfg = compose_cfg(["strategy@rm_strategy=ddp"])
     assert cfg.strategy.name == "auto" and cfg.rm_strategy.name == "ddp"
     assert cfg.get("policy_strategy") is None
+
+
+def test_the_scale_experiment_plays_two_300m_players():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = compose_cfg(["experiment=scale"])
+    for player in ("policy", "rm"):
+        node = {k: v for k, v in cfg[player].backbone.items() if k != "_target_"}
+        with torch.device("meta"):  # no memory: the sizes only
+            model = LlamaForCausalLM(LlamaConfig(**node, vocab_size=20))
+        assert 300e6 < sum(p.numel() for p in model.parameters()) < 320e6
+    assert cfg.game.rounds == 1 and cfg.game.save_weights is False
