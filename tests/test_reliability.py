@@ -4,6 +4,7 @@ killed in a fit, and a blow-up stops with a named error, then resumes at a lower
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 
@@ -93,3 +94,24 @@ def test_a_kl_far_below_zero_is_a_breakdown_whatever_the_guard_says():
     assert check_limits({"policy/kl": 0.5, "policy/entropy": 1.0}, guard, 2) == []
     crossed = check_limits({"policy/kl": 9.0}, {**guard, "max_kl": 5.0}, 1)
     assert crossed == ["policy/kl=9 above game.guard.max_kl=5.0"]
+
+
+def test_an_rm_at_chance_on_the_policys_samples_is_reported_every_round(caplog):
+    from types import SimpleNamespace
+
+    from apo.guards import GuardStop, check_health
+
+    keys = SimpleNamespace(reward="policy/gold_reward", onpolicy_acc="rm/onpolicy/acc")
+    guard = {"min_warm_start": 0.8, "min_onpolicy_acc": 0.55, "action": "warn"}
+    # the transfer experiment's rle games: 0.60 after the warm start, 0.38 after round 3
+    assert check_health({"rm/onpolicy/acc": 0.60}, guard, keys, r=3) == []
+    with caplog.at_level(logging.WARNING, logger="apo.guards"):
+        (msg,) = check_health(
+            {"rm/onpolicy/acc": 0.38, "game/warm_start_ratio": 0.1}, guard, keys, 3
+        )
+    # a later round judges the round's RM, not the warm start again
+    assert msg.startswith("round 3's RM ranks the policy's own samples at rm/onpolicy/acc=0.380")
+    assert "align on noise" in msg and "round 3: " + msg in caplog.text
+    with pytest.raises(GuardStop, match=r"round 3 evaluation: round 3's RM .*0\.380") as stop:
+        check_health({"rm/onpolicy/acc": 0.38}, {**guard, "action": "stop"}, keys, 3)
+    assert stop.value.rewind_before == "policy_fit"

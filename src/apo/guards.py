@@ -125,15 +125,19 @@ def check_limits(metrics: dict[str, Any], guard: dict[str, Any], r: int) -> list
     return crossed
 
 
-def check_health(metrics: dict[str, Any], guard: dict[str, Any], keys: Any) -> list[str]:
+def check_health(
+    metrics: dict[str, Any], guard: dict[str, Any], keys: Any, r: int = 0
+) -> list[str]:
     """After the warm start (round 0's evaluation): is the SFT policy near its demonstrations
     (`game/warm_start_ratio` >= `game.guard.min_warm_start`) and can the base RM rank the
     policy's own samples (its on-policy accuracy >= `game.guard.min_onpolicy_acc`; 0.5 is
-    chance)? A miss is a warning naming the numbers, or with `action: stop` a `GuardStop`."""
+    chance)? After every later round: can the round's RM still rank them? A miss is a warning
+    naming the numbers, or with `action: stop` a `GuardStop` (a later round's rewinds to
+    before its policy fit)."""
     problems = []
     ratio, acc = metrics.get("game/warm_start_ratio"), metrics.get(keys.onpolicy_acc)
     low = guard.get("min_warm_start")
-    if low is not None and ratio is not None and math.isfinite(ratio) and ratio < low:
+    if r == 0 and low is not None and ratio is not None and math.isfinite(ratio) and ratio < low:
         problems.append(
             f"the warm-started policy scores {metrics[keys.reward]:.3f}, {ratio:.0%} of its "
             f"demonstrations' {metrics['game/demo_reward']:.3f} (game.guard.min_warm_start="
@@ -142,12 +146,17 @@ def check_health(metrics: dict[str, Any], guard: dict[str, Any], keys: Any) -> l
         )
     chance = guard.get("min_onpolicy_acc")
     if chance is not None and acc is not None and math.isfinite(acc) and acc < chance:
+        rm = "the base RM" if r == 0 else f"round {r}'s RM"
         problems.append(
-            f"the base RM ranks the policy's own samples at {keys.onpolicy_acc}={acc:.3f} "
+            f"{rm} ranks the policy's own samples at {keys.onpolicy_acc}={acc:.3f} "
             f"(game.guard.min_onpolicy_acc={chance}; 0.5 is chance): it cannot judge them"
+            + ("" if r == 0 else ", so the next policy fits align on noise")
         )
+    where = "warm start" if r == 0 else f"round {r}"
     for msg in problems:
         if guard["action"] == "stop":
-            raise GuardStop(f"warm start: {msg}")
-        log.warning("warm start: %s", msg)
+            if r == 0:
+                raise GuardStop(f"warm start: {msg}")
+            raise GuardStop(f"round {r} evaluation: {msg}; " + RESUME_HINT, "policy_fit")
+        log.warning("%s: %s", where, msg)
     return problems

@@ -167,8 +167,7 @@ def evaluate(game: GameLoop, r: int) -> None:
     # after the round's files, so the numbers that tripped a guard are there to read
     guard = plain(game.cfg.game.guard)
     check_limits(m, guard, r)
-    if r == 0:
-        check_health(m, guard, game.judge.keys)
+    check_health(m, guard, game.judge.keys, r)
 
 
 # ---- a round ---------------------------------------------------------------------------------
