@@ -469,3 +469,26 @@ def test_any_tabulated_metric_can_be_plotted(sweep: Path, tmp_path: Path):
     )
     assert (out / "rm_val_acc.png").read_bytes()[:4] == b"\x89PNG"
     assert "![rm/val/acc](rm_val_acc.png)" in (out / "report.md").read_text()
+
+
+def test_panels_put_each_task_in_its_own_axes_with_one_legend(tmp_path: Path):
+    from apo.report.panels import plot_panels
+
+    root = tmp_path / "sweep"
+    num = 0
+    for task, seeds in (("a", (0, 1, 2)), ("b", (0, 1))):
+        for apo in ("0", "1.0"):
+            for seed in seeds:
+                _job(root, num, apo, seed, extra=("objective=rjs", f"task={task}"), final=0.5)
+                num += 1
+    table = metric_table(find_jobs(root), "policy/gold_reward")
+    assert len(table) == 4  # (task, apo_coeff)
+    fig = plot_panels(table, "policy/gold_reward", tmp_path / "p.png", "task", "game.apo_coeff=0")
+    assert [ax.get_title() for ax in fig.axes] == ["task=a (3 seeds)", "task=b (2 seeds)"]
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]
+    # one legend for both panels, the task left out of its entries; the same style in both
+    assert _legend_texts(fig) == ["game.apo_coeff=0", "game.apo_coeff=1.0"]
+    styles = [[(ln.get_color(), ln.get_linestyle()) for ln in ax.get_lines()] for ax in fig.axes]
+    assert styles[0] == styles[1] and styles[0][0][1] == "--"
+    assert _outside(fig) == []
+    assert Image.open(tmp_path / "p.png").size[0] > 0

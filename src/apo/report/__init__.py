@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from apo.report.jobs import Job, by_group, find_jobs, load_jobs, mark_duplicates
+from apo.report.panels import plot_panels
 from apo.report.plots import plot_metric, plot_reliability, plot_reward_histograms
 from apo.report.rl import overoptimization_table, plot_overoptimization
 from apo.report.stats import (
@@ -72,10 +73,12 @@ def build_report(
     baseline: str = "game.apo_coeff=0",
     metrics: list[str] | None = None,
     plots: list[str] | None = None,
+    panels: str | None = None,
 ) -> tuple[Path, str]:
     """Write `report.md`, `report.csv`, `win_rates.csv` (when there are baselines) and the PNGs
     into `out` (default `<first root>/report`); return the path and the Markdown text. Several
-    roots (e.g. two sweeps) are read as one set of jobs, each (group, seed) counted once."""
+    roots (e.g. two sweeps) are read as one set of jobs, each (group, seed) counted once. With
+    `panels` (an override key, e.g. `task`), every plot over rounds has one panel per value."""
     roots = [Path(r) for r in (roots if isinstance(roots, list | tuple) else [roots])]
     jobs = load_jobs(roots)
     out = Path(out) if out is not None else roots[0] / "report"
@@ -96,7 +99,10 @@ def build_report(
         lines += [markdown_table(table, metric), ""]
         if metric in PLOTTED or metric in (plots or ()):
             name = metric.replace("/", "_") + ".png"
-            plot_metric(table, metric, out / name, baseline)
+            if panels:
+                plot_panels(table, metric, out / name, panels, baseline)
+            else:
+                plot_metric(table, metric, out / name, baseline)
             lines += [f"![{metric}]({name})", ""]
     write_table_csv(out / "report.csv", tables)
     lines += ["Every number of these tables, unrounded: [report.csv](report.csv)", ""]
@@ -151,9 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plot", nargs="*", default=None, help="tabulated metrics to plot over rounds as well"
     )
+    parser.add_argument(
+        "--panels",
+        default=None,
+        metavar="KEY",
+        help="plot over rounds in one panel per value of this override (e.g. task)",
+    )
     args = parser.parse_args(argv)
     try:
-        path, text = build_report(args.run_dirs, args.out, args.baseline, args.metrics, args.plot)
+        path, text = build_report(
+            args.run_dirs, args.out, args.baseline, args.metrics, args.plot, args.panels
+        )
     except FileNotFoundError as e:
         print(e, file=sys.stderr)
         return 2

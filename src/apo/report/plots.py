@@ -99,14 +99,16 @@ def _figure(width: float, height: float):
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _legend(fig, ax, title: str) -> None:
+def _legend(fig, ax, title: str, below: bool | None = None) -> None:
+    """The figure's legend of `ax`'s lines: beside the axes for a few, else (or with `below`)
+    under them in as many columns as fit."""
     handles, labels = ax.get_legend_handles_labels()
     options = {
         "fontsize": LEGEND_FONTSIZE,
         "title": title or None,
         "title_fontsize": LEGEND_FONTSIZE,
     }
-    if len(labels) <= MANY_GROUPS:
+    if not below and len(labels) <= MANY_GROUPS:
         fig.legend(handles, labels, loc="outside right upper", **options)
         return
     # below the axes in as many columns as fit the figure's width, measured, not guessed
