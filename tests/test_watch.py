@@ -25,6 +25,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from apo.progress import GameWatch
 from apo.train import train
 from tests.conftest import ROOT, compose_cfg
 
@@ -202,7 +203,13 @@ def test_rich_view_renders_phase_and_round_on_a_terminal_console(tmp_path):
 
 def _apo_train(*overrides: str, **kwargs) -> subprocess.Popen:
     exe = shutil.which("apo-train") or str(Path(sys.executable).parent / "apo-train")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "TERM": "xterm"}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONFAULTHANDLER": "1",
+        "OMP_NUM_THREADS": "1",
+        "TERM": "xterm",
+    }
     return subprocess.Popen([exe, *overrides], cwd=ROOT, env=env, **kwargs)
 
 
@@ -263,7 +270,13 @@ def test_ctrl_c_leaves_a_trace_naming_the_phase(tmp_path):
             if "round 0 warm_start: policy/sft step" in line:
                 proc.send_signal(signal.SIGINT)
                 break
-        rest, _ = proc.communicate(timeout=120)
+        try:
+            rest, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            # where it hangs: faulthandler (PYTHONFAULTHANDLER) prints every thread's stack
+            proc.send_signal(signal.SIGABRT)
+            rest, _ = proc.communicate(timeout=30)
+            pytest.fail("the game did not stop within 120 s of Ctrl-C:\n" + rest[-6000:])
     finally:
         proc.kill()
     text = "".join(seen) + rest
@@ -275,3 +288,18 @@ def test_ctrl_c_leaves_a_trace_naming_the_phase(tmp_path):
     assert "no phase had finished" in text
     progress = json.loads((run / "state" / "progress.json").read_text())
     assert progress["interrupted"] == {"round": 0, "phase": "warm_start", "by": "SIGINT"}
+
+
+def test_a_swallowed_ctrl_c_is_raised_again_at_the_next_step():
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own
+    watch = GameWatch(OmegaConf.create({"progress": "lines", "progress_every_s": 1.0}), None)
+    with watch._ctrl_c_noted():
+        try:  # a finalizer or a library's `except BaseException` that the Ctrl-C lands in
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        except BaseException:
+            pass
+        watch.start("policy/sft", 10)
+        with pytest.raises(KeyboardInterrupt, match="raised again"):
+            watch.advance(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,6 +137,8 @@ class GameWatch:
         self.failed: tuple[int, str] | None = None
         #: the KeyboardInterrupt a Trainer caught (Lightning turns it into SystemExit(1))
         self.interrupt: BaseException | None = None
+        #: a Ctrl-C arrived; set by the game's SIGINT handler (see `_ctrl_c_noted`)
+        self.ctrl_c = False
         self._last_line = self._last_read = 0.0
 
     # ---- what the Trainers get ----------------------------------------------------------------
@@ -154,6 +158,10 @@ class GameWatch:
     def advance(self, done: int, loss: Any = None) -> None:
         """A step (or prediction batch) ended; `loss()` reads the latest loss, a host sync, so
         only for a progress line or the live view's twice-a-second reading."""
+        if self.ctrl_c:
+            # the KeyboardInterrupt of a Ctrl-C can be swallowed where it lands (a finalizer, a
+            # library's `except BaseException`) and the game would play on: raise it again here
+            raise KeyboardInterrupt("Ctrl-C (raised again at the step after it arrived)")
         a = self.activity
         if a is None:
             return
@@ -194,7 +202,8 @@ class GameWatch:
             self.view.start()
         stopped = True
         try:
-            yield
+            with self._ctrl_c_noted():
+                yield
             stopped = False
         except KeyboardInterrupt:
             if self.failed is None and self.rank_zero:  # between phases: while saving
@@ -210,6 +219,25 @@ class GameWatch:
                 # a game that stopped leaves its last view on the screen, a finished one its log
                 self.view.stop(keep=stopped)
                 self.view = None
+
+    @contextmanager
+    def _ctrl_c_noted(self) -> Iterator[None]:
+        """While the game plays, a Ctrl-C raises KeyboardInterrupt as Python's own handler does
+        and also sets `ctrl_c`, so that `advance` raises it again if it got lost."""
+        main = threading.current_thread() is threading.main_thread()
+        if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            yield  # Ctrl-C is ignored or handled by someone else: leave it so
+            return
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            self.ctrl_c = True
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     @contextmanager
     def watch_phase(self, r: int, phase: Phase) -> Iterator[None]:
