@@ -42,6 +42,19 @@ def test_summary_has_every_round_and_key(tiny_run: Path):
     assert rounds[2]["steps/rm"] > rounds[1]["steps/rm"] > rounds[0]["steps/rm"] > 0
 
 
+def test_summary_counts_the_weights_each_rank_holds(tiny_run: Path):
+    from safetensors.torch import load_file
+
+    storage = json.loads((tiny_run / "summary.json").read_text())["param_storage_bytes"]
+    assert sorted(storage) == ["policy", "ref", "rm", "rm_base"]
+    assert all(len(per_rank) == 1 for per_rank in storage.values())  # one process
+    # one process holds every player whole: its saved weights' size (fp32, no tied weights)
+    for name in ("policy", "rm"):
+        saved = load_file(tiny_run / "final" / name / "model.safetensors")
+        assert storage[name][0] == sum(t.numel() * t.element_size() for t in saved.values())
+    assert storage["ref"] == storage["policy"] and storage["rm_base"] == storage["rm"]
+
+
 def test_best_of_n_is_the_judge_score_of_the_rms_pick_among_the_test_samples(tiny_run: Path):
     rounds = json.loads((tiny_run / "summary.json").read_text())["rounds"]
     for r in rounds:

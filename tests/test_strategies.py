@@ -199,6 +199,18 @@ def test_two_process_game(engine: str, runs: Runs):
         assert f"DeepSpeed ZeRO stage {stage} over 2 processes" in log
     assert [r["round"] for r in _summary(run)] == [0, 1, 2]
 
+    # what each rank holds: a sharded engine a share of every player, whose full copies exist
+    # only while they are gathered (ZeRO-2 shards optimizer state and gradients, not weights)
+    full = json.loads((runs.single_process() / "summary.json").read_text())["param_storage_bytes"]
+    held = json.loads((run / "summary.json").read_text())["param_storage_bytes"]
+    for name in ("policy", "ref", "rm", "rm_base"):
+        assert len(held[name]) == 2, name
+        for nbytes in held[name]:
+            if engine == "deepspeed_stage_2":
+                assert nbytes == full[name][0], name
+            else:
+                assert nbytes <= 0.6 * full[name][0], (name, held[name], full[name])
+
     # 1 vs 2 processes, same global batch: the base RM after the warm start
     single = _weights(runs.single_process(), 0, "rm")
     assert _max_diff(_weights(run, 0, "rm"), single) < TOL_PROCESSES

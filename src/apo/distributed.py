@@ -118,6 +118,54 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return _gather_full_state(model, rank0_only=True)
 
 
+def local_tensor(p: torch.Tensor) -> torch.Tensor:
+    """This rank's storage of parameter `p`: its shard under FSDP (a DTensor's local part) or
+    ZeRO-3 (`ds_tensor`, the rank's partition), else the parameter's own data."""
+    if hasattr(p, "ds_tensor"):
+        return p.ds_tensor
+    if isinstance(p, DTensor):
+        return p.to_local()
+    return p.data
+
+
+def storage_bytes(model: nn.Module | None) -> int:
+    """Bytes of `model`'s parameters this rank holds (its shards when the model is sharded)."""
+    if model is None:
+        return 0
+    seen = {id(p): local_tensor(p) for p in model.parameters()}
+    return sum(t.numel() * t.element_size() for t in seen.values())
+
+
+class LocalShards:
+    """A sharded model's weights as each rank's own shards, cloned: a snapshot that costs a
+    rank what its shards do (1/N of the model) and is restored in place, so that no rank ever
+    keeps a full copy (the base RM of `game.rm_init: base` under FSDP or ZeRO-3)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.tensors = [local_tensor(p).detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def restore(self, model: nn.Module) -> None:
+        """Write the snapshot back into `model` (the same sharded architecture)."""
+        params = list(model.parameters())
+        if len(params) != len(self.tensors):
+            raise ValueError(
+                f"LocalShards: {len(self.tensors)} tensors for {len(params)} parameters"
+            )
+        for p, t in zip(params, self.tensors, strict=True):
+            local_tensor(p).copy_(t)
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The snapshot's full weights on rank 0 (`full_state_dict`, a collective), gathered
+        through `model`, which is left as it was."""
+        current = LocalShards(model)
+        self.restore(model)
+        try:
+            return full_state_dict(model)
+        finally:
+            current.restore(model)
+
+
 def skeleton(model: nn.Module) -> nn.Module:
     """A copy of `model` with its parameters on the meta device (no memory): the architecture
     to rebuild a plain copy from once `model` itself is sharded. Take it before any fit."""

@@ -18,7 +18,7 @@ from apo.config import plain
 from apo.data.budgets import check_budgets, check_unknown_tokens
 from apo.data.sizing import resolve_sizes
 from apo.data.sources import build_game_data, build_tokenizer, has_oracle
-from apo.distributed import full_state_dict, gather_objects, is_global_zero
+from apo.distributed import gather_objects, is_global_zero
 from apo.game import cost, denoising, human_pairs, judge_rms
 from apo.game.evaluation import Evaluator
 from apo.game.outputs import RoundWriter, write_run_config
@@ -200,7 +200,7 @@ class GameLoop:
         rng = [g[0] for g in gathered]
         stop = next((g[1] for g in gathered if g[1] is not None), None)
         models = self.players.models()
-        weights = {n: full_state_dict(models[n]) for n in phase.changes if models[n] is not None}
+        weights = {n: self.players.full_state(n) for n in phase.changes if models[n] is not None}
         if not is_global_zero():
             return stop
         record = {

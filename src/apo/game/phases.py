@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from apo import warm_cache
 from apo.config import plain
-from apo.distributed import full_state_dict, is_global_zero
+from apo.distributed import full_state_dict, gather_objects, is_global_zero
 from apo.game import cost, denoising, guided, human_pairs, judge_rms
 from apo.game.trainers import timed
 from apo.guards import check_finite, check_health, check_limits
@@ -160,6 +160,9 @@ def evaluate(game: GameLoop, r: int) -> None:
     state.summary.append(m)
     state.prev_judge = ev.judge_by_prompt
     summary = {"rounds": state.summary, "data": {**game.dm.data.meta, **state.judge_info}}
+    # what each rank holds of every player's weights (a sharded player: its shards only)
+    per_rank = gather_objects([game.players.storage()])
+    summary["param_storage_bytes"] = {k: [s[k] for s in per_rank] for k in per_rank[0]}
     if state.config_changes:
         summary["config_changes"] = state.config_changes
     final = r == int(game.cfg.game.rounds)

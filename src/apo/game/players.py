@@ -17,7 +17,14 @@ from transformers import PreTrainedTokenizerBase
 from apo.checkpoint import isolated_rng
 from apo.data.datamodule import GameDataModule
 from apo.data.game_data import GameData
-from apo.distributed import plain_copy, skeleton
+from apo.distributed import (
+    LocalShards,
+    full_state_dict,
+    plain_copy,
+    sharding,
+    skeleton,
+    storage_bytes,
+)
 from apo.losses.objectives import PolicyObjective
 from apo.losses.rm_objective import RMObjective
 from apo.modules.backbones import build_player, check_model_positions
@@ -63,7 +70,7 @@ class Players:
     #: the frozen reference `pi_ref`, made by `snapshot_reference` after the warm start
     ref: nn.Module | None = None
     #: the warm-start RM, kept to start every round's RM fit from (`game.rm_init: base`)
-    rm_base: nn.Module | None = None
+    rm_base: nn.Module | LocalShards | None = None
     #: an RM ensemble's bags of human pairs (`rm.ensemble.bootstrap`) and the seed they are
     #: drawn from
     rm_bootstrap: float = 0.0
@@ -93,16 +100,39 @@ class Players:
         self.ref.requires_grad_(False)
 
     def snapshot_rm_base(self) -> None:
-        """Keep a plain copy of the current (warm-start) RM to restart from."""
-        self.rm_base = plain_copy(self.rm, self.rm_skeleton)
+        """Keep the current (warm-start) RM to restart from: a plain copy, or when the RM is
+        sharded, each rank's own shards (no rank keeps a full copy)."""
+        sharded = sharding(self.rm) is not None
+        self.rm_base = LocalShards(self.rm) if sharded else plain_copy(self.rm, self.rm_skeleton)
 
     def restart_rm(self) -> None:
-        """The RM becomes a fresh copy of the warm-start RM (the next fit shards it anew)."""
+        """The RM becomes the warm-start RM again: a fresh copy of it (which the next fit
+        shards anew), or its shards written back in place into the sharded RM."""
         if self.rm_base is None:
             raise RuntimeError("restart_rm before the warm start kept the base RM")
-        self.rm = copy.deepcopy(self.rm_base)
+        if isinstance(self.rm_base, LocalShards):
+            self.rm_base.restore(self.rm)
+        else:
+            self.rm = copy.deepcopy(self.rm_base)
 
-    def models(self) -> dict[str, nn.Module | None]:
+    def full_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The full weights of `models()[name]` on rank 0 (a collective when sharded)."""
+        model = self.models()[name]
+        if isinstance(model, LocalShards):
+            return model.full_state_dict(self.rm)
+        return full_state_dict(model)
+
+    def storage(self) -> dict[str, int]:
+        """Bytes of parameters this rank holds per player (its shards when sharded)."""
+        out = {}
+        for name, model in self.models().items():
+            if isinstance(model, LocalShards):
+                out[name] = sum(t.numel() * t.element_size() for t in model.tensors)
+            elif model is not None:
+                out[name] = storage_bytes(model)
+        return out
+
+    def models(self) -> dict[str, nn.Module | LocalShards | None]:
         """The weights a game state saves, by name."""
         return {
             "policy": self.policy,
