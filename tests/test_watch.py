@@ -210,7 +210,15 @@ def _apo_train(*overrides: str, **kwargs) -> subprocess.Popen:
         "OMP_NUM_THREADS": "1",
         "TERM": "xterm",
     }
-    return subprocess.Popen([exe, *overrides], cwd=ROOT, env=env, **kwargs)
+    # a shell's background job (`make test &`, CI) inherits SIGINT ignored, and Python keeps it
+    # so; the child gets the default disposition, so that Python's Ctrl-C handler is installed
+    return subprocess.Popen(
+        [exe, *overrides], cwd=ROOT, env=env, preexec_fn=_default_sigint, **kwargs
+    )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_auto_is_the_live_view_in_a_pseudo_terminal(tmp_path):
@@ -259,9 +267,6 @@ def test_ctrl_c_leaves_a_trace_naming_the_phase(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        # a shell's background job ignores SIGINT and its children inherit that (then Python
-        # installs no KeyboardInterrupt): the game gets Ctrl-C as a terminal's foreground job does
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
     try:
@@ -291,7 +296,15 @@ def test_ctrl_c_leaves_a_trace_naming_the_phase(tmp_path):
 
 
 def test_a_swallowed_ctrl_c_is_raised_again_at_the_next_step():
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own
+    # Python's own handler, as in a terminal (a background job inherits SIGINT ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _swallowed_ctrl_c_is_raised_again()
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _swallowed_ctrl_c_is_raised_again() -> None:
     watch = GameWatch(OmegaConf.create({"progress": "lines", "progress_every_s": 1.0}), None)
     with watch._ctrl_c_noted():
         try:  # a finalizer or a library's `except BaseException` that the Ctrl-C lands in
