@@ -37,7 +37,9 @@ def _peak_rss_mb(pid: int) -> float:
 
 def run(strategy: str, overrides: list[str], out: Path) -> dict:
     exe = shutil.which("apo-train") or str(Path(sys.executable).parent / "apo-train")
-    cmd = [exe, "experiment=tiny", f"strategy={strategy}", *overrides, f"hydra.run.dir={out}"]
+    # experiment=tiny unless the overrides pick one (e.g. experiment=scale, the 300M players)
+    base = [] if any(o.startswith("experiment=") for o in overrides) else ["experiment=tiny"]
+    cmd = [exe, *base, f"strategy={strategy}", *overrides, f"hydra.run.dir={out}"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(

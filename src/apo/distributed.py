@@ -128,10 +128,23 @@ def local_tensor(p: torch.Tensor) -> torch.Tensor:
     return p.data
 
 
+def resharded(model: nn.Module) -> nn.Module:
+    """`model` with every FSDP2 module back on its shards. FSDP2 keeps a root module's
+    parameters gathered after a forward that no backward follows (an evaluation, a scoring
+    pass), and `parameters()` then gives the full tensors, not this rank's shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+    return model
+
+
 def storage_bytes(model: nn.Module | None) -> int:
     """Bytes of `model`'s parameters this rank holds (its shards when the model is sharded)."""
     if model is None:
         return 0
+    resharded(model)
     seen = {id(p): local_tensor(p) for p in model.parameters()}
     return sum(t.numel() * t.element_size() for t in seen.values())
 
@@ -142,12 +155,13 @@ class LocalShards:
     keeps a full copy (the base RM of `game.rm_init: base` under FSDP or ZeRO-3)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.tensors = [local_tensor(p).detach().clone() for p in model.parameters()]
+        params = resharded(model).parameters()
+        self.tensors = [local_tensor(p).detach().clone() for p in params]
 
     @torch.no_grad()
     def restore(self, model: nn.Module) -> None:
         """Write the snapshot back into `model` (the same sharded architecture)."""
-        params = list(model.parameters())
+        params = list(resharded(model).parameters())
         if len(params) != len(self.tensors):
             raise ValueError(
                 f"LocalShards: {len(self.tensors)} tensors for {len(params)} parameters"
