@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from apo.game.trainers import _LIBC, return_freed_memory
+from apo.game.trainers import malloc_trim, return_freed_memory
 
 
 def _rss() -> int:
@@ -15,7 +15,7 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(_LIBC is None, reason="no C library with malloc_trim (glibc) here")
+@pytest.mark.skipif(malloc_trim() is None, reason="no C library with malloc_trim (glibc) here")
 def test_freed_tensor_memory_leaves_the_process():
     base = _rss()
     # 400 MB of 100 KB tensors (below glibc's mmap threshold: heap memory, as a fit's many

@@ -141,7 +141,8 @@ def resharded(model: nn.Module) -> nn.Module:
 
 
 def storage_bytes(model: nn.Module | None) -> int:
-    """Bytes of `model`'s parameters this rank holds (its shards when the model is sharded)."""
+    """Bytes of `model`'s parameters this rank holds (its shards when the model is sharded;
+    an FSDP2 model is resharded first, see `resharded`)."""
     if model is None:
         return 0
     resharded(model)

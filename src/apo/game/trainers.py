@@ -4,7 +4,7 @@ players' step counters continued across fits, and the phase timers."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -144,20 +144,19 @@ def return_freed_memory() -> None:
     freed heap memory in its arenas, so a process's RSS stays at its high-water mark after a fit
     and the next phase's peak stacks on it (measured on the 300M game; README, Strategies).
     A no-op where there is no `malloc_trim` (other C libraries, other systems)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    trim = malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-def _libc() -> Any:
-    name = ctypes.util.find_library("c")
+@functools.cache
+def malloc_trim() -> Callable[[int], int] | None:
+    """The C library's `malloc_trim` (glibc), looked up on first use among the symbols the
+    process has already loaded (no library search at start-up), or None."""
     try:
-        lib = ctypes.CDLL(name) if name else None
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
     except OSError:
         return None
-    return lib if lib is not None and hasattr(lib, "malloc_trim") else None
-
-
-_LIBC = _libc()
 
 
 @contextmanager
