@@ -179,6 +179,7 @@ def apo_parts(cell: str, precision: str, tok, measure: str, run_dir: Path):
         rm_optimizer=instantiate(cfg.rm.optimizer),
     )
     players.snapshot_reference()
+    players.snapshot_rm_base()  # every round's RM fit starts from it, as the game's
     logger = GameTensorBoardLogger(str(run_dir))
     game = SimpleNamespace(
         cfg=cfg,

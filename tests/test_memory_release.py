@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from apo.game.trainers import malloc_trim, return_freed_memory
+from apo.monitors import peak_rss_mb, reset_peak_rss
 
 
 def _rss() -> int:
@@ -29,3 +30,19 @@ def test_freed_tensor_memory_leaves_the_process():
     assert held > 300e6  # glibc kept what was freed: what the 300M game's RSS showed
     assert after < 0.2 * held, (held, after)
     assert pin.sum() == 25_000
+
+
+@pytest.mark.skipif(not reset_peak_rss(), reason="the peak RSS cannot be reset here (no procfs)")
+def test_the_peak_memory_starts_again_at_a_reset():
+    spike = torch.ones(100_000_000)  # 400 MB, touched
+    spike += 1
+    peak = peak_rss_mb()
+    del spike
+    return_freed_memory()
+    assert peak_rss_mb() == pytest.approx(peak, abs=1)  # a high-water mark: it stays
+    assert reset_peak_rss()
+    after = peak_rss_mb()
+    assert after < peak - 300, (peak, after)  # the next phase's peak is its own
+    keep = torch.ones(50_000_000)  # 200 MB after the reset: counted again
+    keep += 1
+    assert peak_rss_mb() > after + 150

@@ -125,6 +125,20 @@ def test_step_scalars_of_every_fit(events):
     assert all(e.value > 0 for e in events.Scalars("perf/rm/train/tokens_per_s"))
 
 
+def test_every_phase_reports_its_own_peak_memory(watched, events):
+    run, _ = watched
+    rounds = json.loads((run / "summary.json").read_text())["rounds"]
+    # each phase's peak, the phase's own: reset as it starts (a process-wide high-water mark
+    # would only ever grow); the evaluation reports the phases before it
+    for r, name in SCHEDULE:
+        key = f"perf/{name}/peak_rss_mb"
+        if name != "evaluate":
+            assert 100 < rounds[r][key] < 10_000, (r, key)
+    assert "perf/evaluate/peak_rss_mb" not in rounds[1]
+    assert "perf/rm_fit/peak_rss_mb_min" not in rounds[1]  # one process: no lowest rank
+    assert len(events.Scalars("perf/rm_fit/peak_rss_mb")) == 2  # rounds 1 and 2
+
+
 def test_round_histograms_and_reliability_images(events):
     hist = events.Tags()["histograms"]
     for name in ("test_samples", "val_chosen", "val_rejected"):

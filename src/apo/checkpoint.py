@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -174,16 +174,21 @@ class StateStore:
         return self.file.exists()
 
     def save(
-        self, state: dict[str, Any], weights: dict[str, dict[str, torch.Tensor]], tag: str
+        self,
+        state: dict[str, Any],
+        weights: dict[str, dict[str, torch.Tensor] | Callable[[], dict[str, torch.Tensor]]],
+        tag: str,
     ) -> None:
         """Write `weights` (only those the phase changed) as `<name>-<tag>.pt`, then `state`
         naming them and the unchanged ones, also kept as `history/<tag>.pt` (the states of this
-        round and the last, so that a guard can rewind to one); then drop files no state names."""
+        round and the last, so that a guard can rewind to one); then drop files no state names.
+        A player's weights may come as a function that gives them: it is called as its file is
+        written, so that one player's weights at a time are in memory."""
         self.path.mkdir(parents=True, exist_ok=True)
         files = dict(self.weight_files)
         for name, tensors in weights.items():
             files[name] = f"{name}-{tag}.pt"
-            atomic_save(tensors, self.path / files[name])
+            atomic_save(tensors() if callable(tensors) else tensors, self.path / files[name])
         record = {**state, "version": VERSION, "weights": files}
         atomic_save(record, self.path / HISTORY_DIR / f"{tag}.pt")
         index = {k: v for k, v in self._index().items() if k != tag}

@@ -86,7 +86,12 @@ def _gather_full_state(model: nn.Module, rank0_only: bool) -> dict[str, torch.Te
         # cpu_offload with a full state dict gathers to rank 0 only, one tensor at a time
         opts = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
         state = get_model_state_dict(model, options=opts)
-        return {k: v.detach().cpu().clone() for k, v in state.items()} if rank0 else {}
+        if not rank0:
+            return {}
+        # private CPU tensors, replaced one at a time: at most one tensor more than the state
+        for k in list(state):
+            state[k] = state[k].detach().cpu().clone()
+        return state
     if kind == "zero3":
         import deepspeed
 
@@ -199,3 +204,31 @@ def plain_copy(model: nn.Module, skeleton_: nn.Module) -> nn.Module:
     out = copy.deepcopy(skeleton_)
     out.load_state_dict(_gather_full_state(model, rank0_only=False), assign=True)
     return out
+
+
+def sharded_copy(model: nn.Module, skeleton_: nn.Module) -> nn.Module:
+    """A copy of the FSDP2-sharded `model`, sharded as it is: `skeleton_` (see `skeleton`)
+    gets `fully_shard` on the same modules and mesh, and each rank fills it with its own
+    shards, so that no rank ever holds a full copy (the reference policy of a sharded game).
+    Not a collective."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    src = dict(resharded(model).named_modules())
+    out = copy.deepcopy(skeleton_)
+    # inner modules first (`named_modules` lists a module before its children), as FSDP2 wants
+    for name, m in reversed(list(out.named_modules())):
+        if isinstance(src.get(name), FSDPModule):
+            mesh = next(p.device_mesh for p in src[name].parameters() if isinstance(p, DTensor))
+            fully_shard(m, mesh=mesh)
+    out.to_empty(device=local_tensor(next(model.parameters())).device)
+    with torch.no_grad():
+        for (n, a), (m, b) in zip(out.named_parameters(), model.named_parameters(), strict=True):
+            if n != m or local_tensor(a).shape != local_tensor(b).shape:
+                raise ValueError(
+                    f"sharded_copy: {n} {tuple(local_tensor(a).shape)} does not "
+                    f"match {m} {tuple(local_tensor(b).shape)}"
+                )
+            local_tensor(a).copy_(local_tensor(b))
+        for a, b in zip(out.buffers(), model.buffers(), strict=True):
+            a.copy_(b)
+    return resharded(out)

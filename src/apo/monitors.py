@@ -32,14 +32,46 @@ def count_tokens(batch: Any) -> torch.Tensor | int:
     return 0
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """The peak memory so far: CUDA's allocated peak on a GPU (reset at each fit's start), the
-    process's peak resident set size on the CPU (for the whole process: RSS has no reset)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _status_kb(key: str) -> int | None:
+    """A `/proc/self/status` field in kB (`VmHWM`, `VmRSS`), None where there is no procfs."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Start the process's peak resident set size (`VmHWM`) again from its current size, so
+    that the next `peak_rss_mb` is the peak of what runs in between (a game phase, a fit).
+    Linux only (`/proc/self/clear_refs`); False where the peak cannot be reset."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size since it started or since `reset_peak_rss`."""
+    kb = _status_kb("VmHWM")
+    if kb is not None:
+        return kb / 2**10
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # never reset
     # Linux counts kilobytes, macOS bytes
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The peak memory so far: CUDA's allocated peak on a GPU (reset at each fit's start), the
+    process's peak resident set size on the CPU (since the game phase started: `peak_rss_mb`)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
 
 
 class FitMonitor(L.Callback):

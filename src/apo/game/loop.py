@@ -3,6 +3,7 @@ the game state after each, so that `resume=true` continues a killed game where i
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import time
@@ -30,6 +31,7 @@ from apo.game.trainers import Trainers, timed
 from apo.guards import GuardStop
 from apo.judges import build_judge
 from apo.logger import GameTensorBoardLogger, hydra_job, run_name
+from apo.monitors import peak_rss_mb, reset_peak_rss
 from apo.preemption import Preempted, StopSignals
 from apo.progress import GameWatch
 from apo.records import format_table
@@ -123,6 +125,9 @@ class GameLoop:
         saving = 0.0
         with StopSignals() as signals, self.watch.watch_game(schedule, first):
             for r, phase in schedule[first:]:
+                # this rank's peak memory in the phase and its saving, in the round's metrics
+                # (the evaluation, which writes them, reports the phases before it)
+                measured = phase.name != "evaluate" and reset_peak_rss()
                 try:
                     with self.watch.watch_phase(r, phase):
                         self.play_timed(r, phase)
@@ -134,6 +139,8 @@ class GameLoop:
                 t1 = time.perf_counter()
                 stop = self.save(r, phase, (r, phase) == schedule[-1], signals.received)
                 saving += time.perf_counter() - t1
+                if measured:
+                    self.state.round_metrics[f"perf/{phase.name}/peak_rss_mb"] = peak_rss_mb()
                 if stop and (r, phase) != schedule[-1]:
                     self.stop(stop, r, phase, finished=True)
         self.logger.close()
@@ -200,9 +207,14 @@ class GameLoop:
         rng = [g[0] for g in gathered]
         stop = next((g[1] for g in gathered if g[1] is not None), None)
         models = self.players.models()
-        weights = {n: self.players.full_state(n) for n in phase.changes if models[n] is not None}
+        changed = [n for n in phase.changes if models[n] is not None]
         if not is_global_zero():
+            for name in changed:  # the gathers rank 0 makes as it writes each player's file
+                self.players.full_state(name)
             return stop
+        # each player gathered (a collective when sharded) as its file is written, then let go:
+        # rank 0 never holds more than one player's full copy beyond the live weights
+        weights = {n: functools.partial(self.players.full_state, n) for n in changed}
         record = {
             "done": [r, phase.name],
             "finished": finished,

@@ -160,9 +160,18 @@ def evaluate(game: GameLoop, r: int) -> None:
     state.summary.append(m)
     state.prev_judge = ev.judge_by_prompt
     summary = {"rounds": state.summary, "data": {**game.dm.data.meta, **state.judge_info}}
-    # what each rank holds of every player's weights (a sharded player: its shards only)
-    per_rank = gather_objects([game.players.storage()])
-    summary["param_storage_bytes"] = {k: [s[k] for s in per_rank] for k in per_rank[0]}
+    # what each rank holds of every player's weights (a sharded player: its shards only), and
+    # each rank's peak memory in the round's phases: the highest rank's (`.../peak_rss_mb`) and,
+    # with several ranks, the lowest's (`.../peak_rss_mb_min`)
+    peaks = {k: v for k, v in m.items() if k.endswith("/peak_rss_mb")}
+    per_rank = gather_objects([(game.players.storage(), peaks)])
+    storage = [s for s, _ in per_rank]
+    summary["param_storage_bytes"] = {k: [s[k] for s in storage] for k in storage[0]}
+    for k in peaks:
+        ranks = [p[k] for _, p in per_rank if k in p]
+        m[k] = max(ranks)
+        if len(ranks) > 1:
+            m[k + "_min"] = min(ranks)
     if state.config_changes:
         summary["config_changes"] = state.config_changes
     final = r == int(game.cfg.game.rounds)

@@ -21,6 +21,7 @@ from apo.distributed import (
     LocalShards,
     full_state_dict,
     plain_copy,
+    sharded_copy,
     sharding,
     skeleton,
     storage_bytes,
@@ -95,8 +96,12 @@ class Players:
             self.rm_skeleton = skeleton(self.rm)
 
     def snapshot_reference(self) -> None:
-        """Freeze a copy of the current policy as `pi_ref` (a collective if it is sharded)."""
-        self.ref = plain_copy(self.policy, self.skeleton).eval()
+        """Freeze a copy of the current policy as `pi_ref`: under FSDP, sharded as the policy is
+        (each rank copies its shards); else a plain copy (a collective under ZeRO-3)."""
+        if sharding(self.policy) == "fsdp":
+            self.ref = sharded_copy(self.policy, self.skeleton).eval()
+        else:
+            self.ref = plain_copy(self.policy, self.skeleton).eval()
         self.ref.requires_grad_(False)
 
     def snapshot_rm_base(self) -> None:

@@ -1,0 +1,171 @@
+"""Per-rank memory of the engines on the ~300M-parameter game, against the memory model.
+
+    python benchmarks/scale.py                                  # the plan below, ~45 min
+    SCALE_PLAN=fsdp:24,ddp:24:1 python benchmarks/scale.py     # engine:layers[:processes]
+    python benchmarks/scale.py --project                        # only the 1B/7B/70B table
+
+Each `engine:layers` plays `experiment=scale` (two Llama players of 1024 width; 24 layers are
+the 308M `llama_300m`, 6 and 12 its smaller siblings) through `benchmarks/strategies.py`, and
+reads every phase's peak resident memory per rank from its summary (`perf/<phase>/peak_rss_mb`:
+the highest rank, `_min` the lowest), its fit step times and its generation tokens/s. The
+memory model (`apo.memory_model`) predicts the RM fit's peak from the players' sizes and batch;
+`base` (libraries, data) is the tiny game's measured peak. Not a test: it prints the tables
+for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from apo.memory_model import ENGINES, Player, game_peak, llama  # noqa: E402
+from strategies import run  # noqa: E402
+
+#: engine:layers[:processes]; DDP's per-rank memory does not depend on its number of ranks, so
+#: at 24 layers, where two DDP ranks do not fit in 24 GB, one DDP process measures it
+PLAN = "auto:6,fsdp:6,ddp:6,auto:12,fsdp:12,ddp:12,auto:24,fsdp:24,ddp:24:1"
+GB = 1e9
+
+
+def measure(engine: str, layers: int, devices: int | None, extra: list[str], out: Path) -> dict:
+    overrides = [
+        "experiment=scale",
+        *([f"strategy.devices={devices}"] if devices else []),
+        f"policy.backbone.num_hidden_layers={layers}",
+        f"rm.backbone.num_hidden_layers={layers}",
+        *extra,
+    ]
+    res = run(engine, overrides, out)
+    rows = json.loads((out / "summary.json").read_text())
+    cfg = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
+    r1 = rows["rounds"][1]
+    peaks = {
+        k.split("/")[1]: (v, r1.get(k + "_min", v))
+        for k, v in r1.items()
+        if k.startswith("perf/") and k.endswith("/peak_rss_mb")
+    }
+    peaks["warm_start"] = (
+        rows["rounds"][0]["perf/warm_start/peak_rss_mb"],
+        rows["rounds"][0].get("perf/warm_start/peak_rss_mb_min"),
+    )
+    return {**res, "layers": layers, "peaks": peaks, "cfg": cfg, "rows": rows}
+
+
+def predicted(res: dict, base: float) -> dict:
+    """The memory model's RM-fit peak per rank for a measured game."""
+    cfg, storage = res["cfg"], res["rows"]["param_storage_bytes"]
+    world = len(storage["rm"])
+    sharded = ENGINES[res["strategy"]].copies_sharded
+    # parameters of a player: its ranks' storage summed where the engine splits it
+    params = {
+        n: (sum(storage[n]) if "fitted" in sharded else storage[n][0]) // 4
+        for n in ("policy", "rm")
+    }
+    bb = cfg["rm"]["backbone"]
+    rm = Player(params["rm"], bb["num_hidden_layers"], bb["hidden_size"], bb["num_attention_heads"])
+    bp = cfg["policy"]["backbone"]
+    policy = Player(
+        params["policy"], bp["num_hidden_layers"], bp["hidden_size"], bp["num_attention_heads"]
+    )
+    seq = int(cfg["data"]["max_len"])
+    k = int(cfg["game"]["samples_per_prompt"])
+    rm_seqs = 2 * int(cfg["rm"]["batch_size"]) + (1 + k) * int(cfg["rm"]["apo_batch_size"])
+    policy_seqs = int(cfg["policy"]["batch_size"]) * int(cfg["objective"]["loss"].get("top_n", 1))
+    fits = game_peak(
+        res["strategy"], world, policy, rm, policy_seqs * seq, rm_seqs * seq, seq, base=base
+    )
+    return {**fits["rm_fit"], "params": rm.params}
+
+
+def ranks(peaks: dict, phase: str) -> str:
+    """A phase's peak per rank in GB, highest first (one number where the ranks agree)."""
+    values = sorted({x for x in peaks.get(phase, ()) if x is not None}, reverse=True)
+    return " / ".join(f"{v / 1024:.2f}" for v in values) or "-"
+
+
+def project() -> str:
+    """What each engine needs per GPU for 1B, 7B and 70B players (policy and RM of one size),
+    8 GPUs, bf16 weights and gradients with fp32 AdamW, 2,048-token sequences, micro-batches of
+    one pair (RM: 2 sequences and 3 APO sequences with K = 2), activation checkpointing."""
+    lines = [
+        "| engine | 1B | 7B | 70B | fits 80 GB for |",
+        "|---|---|---|---|---|",
+    ]
+    for engine in ENGINES:
+        need = []
+        for size in (1, 7, 70):
+            p = llama(size)
+            fits = game_peak(
+                engine,
+                8,
+                p,
+                p,
+                2 * 2048,
+                5 * 2048,
+                2048,
+                bytes_per_param=2,
+                checkpointing=True,
+                device_only=True,
+            )
+            need.append(max(f["total"] for f in fits.values()) / GB)
+        ok = [s for s, n in zip(("1B", "7B", "70B"), need) if n <= 80] or ["none"]
+        lines.append(
+            f"| {engine} | " + " | ".join(f"{n:,.0f} GB" for n in need) + f" | {', '.join(ok)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--project", action="store_true", help="only the model's 1B/7B/70B table")
+    ap.add_argument("extra", nargs="*", help="more Hydra overrides for every game")
+    a = ap.parse_args()
+    if a.project:
+        print(project())
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="apo-bench-scale-"))
+    tiny = run("auto", ["experiment=tiny", "game.rounds=1"], tmp / "tiny")
+    base = max(tiny["peak_rss_mb"]) * 2**20
+    results = []
+    for item in os.environ.get("SCALE_PLAN", PLAN).split(","):
+        engine, layers, *devices = item.split(":")
+        n = int(devices[0]) if devices else None
+        res = measure(engine, int(layers), n, a.extra, tmp / item.replace(":", "-"))
+        res["model"] = predicted(res, base)
+        results.append(res)
+        print(f"  {item}: {res['peaks']}", file=sys.stderr, flush=True)
+        (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nbase (the tiny game's peak): {base / GB:.2f} GB\n")
+    print(
+        "| engine | layers | params per player | warm start peak GB (ranks) "
+        "| RM fit peak GB (ranks) | model GB | model / measured | policy fit peak GB "
+        "| generation tok/s | vs auto (same size) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    autos = {r["layers"]: r for r in results if r["strategy"] == "auto"}
+    for r in results:
+        p, m = r["peaks"], r["model"]["total"] / GB
+        tok = r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan"))
+        per_proc = tok / r["processes"]
+        a = autos.get(r["layers"])
+        vs = a["rows"]["rounds"][1]["perf/generate_tokens_per_s"] / per_proc if a else None
+        print(
+            f"| {r['strategy']} | {r['layers']} | {r['model']['params'] / 1e6:.0f}M "
+            f"| {ranks(p, 'warm_start')} | {ranks(p, 'rm_fit')} | {m:.2f} "
+            f"| {m * 1024 / p['rm_fit'][0]:.2f} | {ranks(p, 'policy_fit')} "
+            f"| {per_proc:,.0f} per process | {'-' if vs is None else f'{vs:.2f}x'} |"
+        )
+    print("\nwhat the model says each engine needs per GPU (8 GPUs):\n")
+    print(project())
+    print(f"\nraw results: {tmp / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

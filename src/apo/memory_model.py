@@ -1,0 +1,149 @@
+"""What a rank holds at the peak of a game's fits, engine by engine: a memory model in bytes per
+parameter, checked against measured 300M games (`benchmarks/scale.py`) and used to say what
+each engine needs for larger players.
+
+A fit of one player (the RM's or the policy's) holds, per rank:
+
+- the weights of every live copy: the fitted player, the other player, the frozen reference
+  policy and the base RM (`game.rm_init: base`); split over the ranks where the engine shards
+  them (FSDP: every copy, the reference and the base RM as shards too; ZeRO-3: the players and
+  the base RM, the reference as a full copy);
+- the fitted player's gradients (split under ZeRO-2/3 and FSDP), and DDP's reducer buckets (a
+  second gradient copy);
+- AdamW's two moments (split under ZeRO and FSDP), and DeepSpeed's fp32 master partition;
+  offload keeps both on the host: off the device on GPUs, the same RAM on a CPU-only host;
+- one layer gathered in full, and the next prefetched (FSDP, ZeRO-3);
+- activations: per token and layer about `68 h + 10 a s` bytes in fp32 (Korthikanti et al.
+  2022's `34 h + 5 a s` at 2 bytes), `2 h` with activation checkpointing (the layer inputs);
+- what the process holds besides (libraries, data, the sampler): `base` bytes, measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Which of a fit's tensors an engine splits over the ranks, and what it adds."""
+
+    copies_sharded: tuple[str, ...] = ()  # the live copies split over the ranks
+    grads_sharded: bool = False
+    optimizer_sharded: bool = False
+    master: bool = False  # DeepSpeed's fp32 partition of the weights the optimizer steps
+    grad_buckets: bool = False  # DDP: the reducer's buckets, a second gradient copy
+    gathers_layers: bool = False  # a layer (and the next) gathered in full as it runs
+    offload: bool = False  # optimizer state and master weights on the host
+
+
+ALL = ("fitted", "other", "ref", "rm_base")
+ENGINES = {
+    "auto": Engine(),
+    "ddp": Engine(grad_buckets=True),
+    "fsdp": Engine(ALL, True, True, gathers_layers=True),
+    "deepspeed_stage_2": Engine((), True, True, master=True),
+    "deepspeed_stage_3": Engine(
+        ("fitted", "other", "rm_base"), True, True, master=True, gathers_layers=True
+    ),
+    "deepspeed_stage_3_offload": Engine(
+        ("fitted", "other", "rm_base"), True, True, True, gathers_layers=True, offload=True
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Player:
+    """A player's size: parameters, decoder layers and their width (attention heads too)."""
+
+    params: int
+    layers: int
+    hidden: int
+    heads: int
+
+    @property
+    def layer_params(self) -> int:
+        return self.params // max(self.layers, 1)
+
+
+def fit_bytes(
+    engine: str,
+    world: int,
+    fitted: Player,
+    copies: dict[str, int],
+    tokens: int,
+    seq: int,
+    base: float = 0.0,
+    bytes_per_param: int = 4,
+    checkpointing: bool = False,
+    device_only: bool = False,
+) -> dict[str, float]:
+    """Bytes one rank holds at the peak of a fit of `fitted`, by part: `copies` are the
+    parameters of every live copy by name (`ALL`); `tokens` per micro-batch of sequences of
+    `seq` tokens. `device_only`: what an accelerator holds (offloaded state and `base` are on
+    the host)."""
+    e, b, w = ENGINES[engine], bytes_per_param, max(world, 1)
+    out = {f"weights/{n}": copies[n] * b / (w if n in e.copies_sharded else 1) for n in ALL}
+    out["grads"] = fitted.params * b / (w if e.grads_sharded else 1)
+    out["grad_buckets"] = fitted.params * b if e.grad_buckets else 0.0
+    on_host = e.offload and device_only
+    out["optimizer"] = 0.0 if on_host else 2 * fitted.params * 4 / (w if e.optimizer_sharded else 1)
+    out["master"] = fitted.params * 4 / w if e.master and not on_host else 0.0
+    out["gathered_layers"] = 2 * fitted.layer_params * b if e.gathers_layers else 0.0
+    # fp32 bytes per token and layer
+    per_token = 4 * fitted.hidden if checkpointing else 68 * fitted.hidden + 10 * fitted.heads * seq
+    out["activations"] = tokens * fitted.layers * per_token * b / 4
+    out["base"] = 0.0 if device_only else base
+    out["total"] = sum(out.values())
+    return out
+
+
+def game_peak(
+    engine: str,
+    world: int,
+    policy: Player,
+    rm: Player,
+    policy_tokens: int,
+    rm_tokens: int,
+    seq: int,
+    **kw,
+) -> dict[str, dict[str, float]]:
+    """Each fit's parts (see `fit_bytes`), `{"rm_fit": ..., "policy_fit": ...}`: both hold the
+    two players, the reference (the policy's size) and the base RM (the RM's)."""
+    return {
+        "rm_fit": fit_bytes(
+            engine,
+            world,
+            rm,
+            {
+                "fitted": rm.params,
+                "other": policy.params,
+                "ref": policy.params,
+                "rm_base": rm.params,
+            },
+            rm_tokens,
+            seq,
+            **kw,
+        ),
+        "policy_fit": fit_bytes(
+            engine,
+            world,
+            policy,
+            {
+                "fitted": policy.params,
+                "other": rm.params,
+                "ref": policy.params,
+                "rm_base": rm.params,
+            },
+            policy_tokens,
+            seq,
+            **kw,
+        ),
+    }
+
+
+def llama(params_b: float) -> Player:
+    """The Llama shapes of the usual sizes (1B: Llama-3.2-1B; 7B: Llama-2-7B; 70B: Llama-2-70B,
+    counted with full-width attention)."""
+    shapes = {1: (16, 2048, 32), 7: (32, 4096, 32), 70: (80, 8192, 64)}
+    layers, hidden, heads = shapes[int(params_b)]
+    return Player(int(params_b * 1e9), layers, hidden, heads)
