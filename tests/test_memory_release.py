@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from apo.game.trainers import malloc_trim, return_freed_memory
+from apo.game.trainers import fix_mmap_threshold, malloc_trim, return_freed_memory
 from apo.monitors import peak_rss_mb, reset_peak_rss
 
 
@@ -46,3 +46,39 @@ def test_the_peak_memory_starts_again_at_a_reset():
     keep = torch.ones(50_000_000)  # 200 MB after the reset: counted again
     keep += 1
     assert peak_rss_mb() > after + 150
+
+
+_ARM = """
+import os, sys, torch
+from apo.game.trainers import fix_mmap_threshold
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+assert fix_mmap_threshold(int(sys.argv[1]))
+base = rss()
+# 300 MB of 1 MB tensors, each followed by a small one that stays (as a fit's small states do)
+parts = [(torch.ones(250_000), torch.ones(100)) for _ in range(300)]
+held = rss() - base
+pins = [pin for _, pin in parts]
+del parts
+print(held, rss() - base)
+"""
+
+
+@pytest.mark.skipif(malloc_trim() is None, reason="not glibc: no mallopt")
+@pytest.mark.parametrize("kib", [128, 4096])
+def test_the_mmap_threshold_decides_whether_freed_tensors_leave_at_once(kib: int):
+    import subprocess
+    import sys
+
+    # a fresh process: the threshold decides where blocks go as they are allocated
+    out = subprocess.run(
+        [sys.executable, "-c", _ARM, str(kib)], capture_output=True, text=True, check=True
+    )
+    held, after = map(int, out.stdout.split())
+    assert held > 250e6
+    if kib == 128:  # each 1 MB block was its own mapping, unmapped as it was freed
+        assert after < 0.1 * held, (held, after)
+    else:  # below the threshold: in the heap between blocks still in use, kept (until a trim)
+        assert after > 0.5 * held, (held, after)
+    assert not fix_mmap_threshold(None)

@@ -69,6 +69,9 @@ def run_game(cfg: DictConfig) -> dict[str, Any]:
 
     quiet_libraries()
     adopt_submitit_local_tasks()
+    from apo.game.trainers import fix_mmap_threshold
+
+    fix_mmap_threshold(cfg.get("malloc_mmap_threshold_kb"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         game = GameLoop(cfg)

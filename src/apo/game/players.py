@@ -98,10 +98,13 @@ class Players:
     def snapshot_reference(self) -> None:
         """Freeze a copy of the current policy as `pi_ref`: under FSDP, sharded as the policy is
         (each rank copies its shards); else a plain copy (a collective under ZeRO-3)."""
+        old = self.ref
         if sharding(self.policy) == "fsdp":
             self.ref = sharded_copy(self.policy, self.skeleton).eval()
         else:
             self.ref = plain_copy(self.policy, self.skeleton).eval()
+        if old is not None and sharding(old) is None:
+            old.to("meta")  # a replaced reference (`game.reference: round`): as in `restart_rm`
         self.ref.requires_grad_(False)
 
     def snapshot_rm_base(self) -> None:
@@ -118,7 +121,10 @@ class Players:
         if isinstance(self.rm_base, LocalShards):
             self.rm_base.restore(self.rm)
         else:
-            self.rm = copy.deepcopy(self.rm_base)
+            old, self.rm = self.rm, copy.deepcopy(self.rm_base)
+            # the last round's RM is dropped, but the Trainers that used it live until Python's
+            # cyclic collector runs and still refer to it: free its weights now
+            old.to("meta")
 
     def full_state(self, name: str) -> dict[str, torch.Tensor]:
         """The full weights of `models()[name]` on rank 0 (a collective when sharded)."""
