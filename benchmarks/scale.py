@@ -31,7 +31,7 @@ from strategies import run  # noqa: E402
 #: engine:layers[:processes]; DDP's per-rank memory does not depend on its number of ranks, so
 #: at 24 layers, where two DDP ranks do not fit in 24 GB, one DDP process measures it
 PLAN = "auto:6,fsdp:6,ddp:6,auto:12,fsdp:12,ddp:12,auto:24,fsdp:24,ddp:24:1"
-GB = 1e9
+GB, GIB = 1e9, 2**30
 
 
 def measure(engine: str, layers: int, devices: int | None, extra: list[str], out: Path) -> dict:
@@ -69,17 +69,20 @@ def predicted(res: dict, base: float) -> dict:
         for n in ("policy", "rm")
     }
     bb = cfg["rm"]["backbone"]
-    rm = Player(params["rm"], bb["num_hidden_layers"], bb["hidden_size"], bb["num_attention_heads"])
-    bp = cfg["policy"]["backbone"]
-    policy = Player(
-        params["policy"], bp["num_hidden_layers"], bp["hidden_size"], bp["num_attention_heads"]
+    shape = lambda c: (  # noqa: E731
+        c["num_hidden_layers"],
+        c["hidden_size"],
+        c["num_attention_heads"],
+        c["intermediate_size"],
     )
+    rm = Player(params["rm"], *shape(bb))
+    policy = Player(params["policy"], *shape(cfg["policy"]["backbone"]))
     seq = int(cfg["data"]["max_len"])
     k = int(cfg["game"]["samples_per_prompt"])
     rm_seqs = 2 * int(cfg["rm"]["batch_size"]) + (1 + k) * int(cfg["rm"]["apo_batch_size"])
     policy_seqs = int(cfg["policy"]["batch_size"]) * int(cfg["objective"]["loss"].get("top_n", 1))
     fits = game_peak(
-        res["strategy"], world, policy, rm, policy_seqs * seq, rm_seqs * seq, seq, base=base
+        res["strategy"], world, policy, rm, policy_seqs * seq, rm_seqs * seq, base=base
     )
     return {**fits["rm_fit"], "params": rm.params}
 
@@ -109,7 +112,6 @@ def project() -> str:
                 p,
                 2 * 2048,
                 5 * 2048,
-                2048,
                 bytes_per_param=2,
                 checkpointing=True,
                 device_only=True,
@@ -122,46 +124,63 @@ def project() -> str:
     return "\n".join(lines)
 
 
+def tiny_base(run_dir: Path) -> float:
+    """Bytes a game process holds besides its players: the tiny game's highest phase peak."""
+    rows = json.loads((run_dir / "summary.json").read_text())["rounds"]
+    return max(v for r in rows for k, v in r.items() if k.endswith("/peak_rss_mb")) * 2**20
+
+
+def table(results: list[dict], base: float) -> str:
+    """The measured peaks per rank against the memory model (GiB), and generation speed."""
+    lines = [
+        f"base (the tiny game's peak): {base / GIB:.2f} GiB\n",
+        "| engine | layers | params per player | warm start peak GiB (ranks) "
+        "| RM fit peak GiB (ranks) | model GiB | model / measured | policy fit peak GiB "
+        "| generation tok/s per process | auto's / this |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    autos = {r["layers"]: r for r in results if r["strategy"] == "auto"}
+    for r in results:
+        model = predicted(r, base)
+        p, m = r["peaks"], model["total"] / GIB
+        tok = r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan"))
+        per_proc = tok / r["processes"]
+        a = autos.get(r["layers"])
+        vs = a["rows"]["rounds"][1]["perf/generate_tokens_per_s"] / per_proc if a else None
+        lines.append(
+            f"| {r['strategy']} ({r['processes']}) | {r['layers']} | {model['params'] / 1e6:.0f}M "
+            f"| {ranks(p, 'warm_start')} | {ranks(p, 'rm_fit')} | {m:.2f} "
+            f"| {m * 1024 / p['rm_fit'][0]:.2f} | {ranks(p, 'policy_fit')} "
+            f"| {per_proc:,.0f} | {'-' if vs is None else f'{vs:.2f}x'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--project", action="store_true", help="only the model's 1B/7B/70B table")
+    ap.add_argument("--table", default=None, help="only the tables of a results.json")
     ap.add_argument("extra", nargs="*", help="more Hydra overrides for every game")
     a = ap.parse_args()
     if a.project:
         print(project())
         return
+    if a.table:
+        path = Path(a.table)
+        print(table(json.loads(path.read_text()), tiny_base(path.parent / "tiny")))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="apo-bench-scale-"))
-    tiny = run("auto", ["experiment=tiny", "game.rounds=1"], tmp / "tiny")
-    base = max(tiny["peak_rss_mb"]) * 2**20
+    run("auto", ["experiment=tiny", "game.rounds=1", *a.extra], tmp / "tiny")
+    base = tiny_base(tmp / "tiny")
     results = []
     for item in os.environ.get("SCALE_PLAN", PLAN).split(","):
         engine, layers, *devices = item.split(":")
         n = int(devices[0]) if devices else None
         res = measure(engine, int(layers), n, a.extra, tmp / item.replace(":", "-"))
-        res["model"] = predicted(res, base)
         results.append(res)
         print(f"  {item}: {res['peaks']}", file=sys.stderr, flush=True)
         (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    print(f"\nbase (the tiny game's peak): {base / GB:.2f} GB\n")
-    print(
-        "| engine | layers | params per player | warm start peak GB (ranks) "
-        "| RM fit peak GB (ranks) | model GB | model / measured | policy fit peak GB "
-        "| generation tok/s | vs auto (same size) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    autos = {r["layers"]: r for r in results if r["strategy"] == "auto"}
-    for r in results:
-        p, m = r["peaks"], r["model"]["total"] / GB
-        tok = r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan"))
-        per_proc = tok / r["processes"]
-        a = autos.get(r["layers"])
-        vs = a["rows"]["rounds"][1]["perf/generate_tokens_per_s"] / per_proc if a else None
-        print(
-            f"| {r['strategy']} | {r['layers']} | {r['model']['params'] / 1e6:.0f}M "
-            f"| {ranks(p, 'warm_start')} | {ranks(p, 'rm_fit')} | {m:.2f} "
-            f"| {m * 1024 / p['rm_fit'][0]:.2f} | {ranks(p, 'policy_fit')} "
-            f"| {per_proc:,.0f} per process | {'-' if vs is None else f'{vs:.2f}x'} |"
-        )
+    print(table(results, base))
     print("\nwhat the model says each engine needs per GPU (8 GPUs):\n")
     print(project())
     print(f"\nraw results: {tmp / 'results.json'}")

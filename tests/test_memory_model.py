@@ -11,7 +11,7 @@ COPIES = {"fitted": 1000, "other": 1000, "ref": 1000, "rm_base": 1000}
 
 
 def parts(engine: str, world: int = 2, **kw) -> dict[str, float]:
-    return fit_bytes(engine, world, P, COPIES, tokens=0, seq=5, **kw)
+    return fit_bytes(engine, world, P, COPIES, tokens=0, **kw)
 
 
 def test_one_process_holds_four_copies_their_gradients_and_adams_two_moments():
@@ -36,17 +36,17 @@ def test_each_engine_splits_what_it_shards():
 
 
 def test_activations_per_token_and_layer_and_with_checkpointing():
-    full = fit_bytes("auto", 1, P, COPIES, tokens=10, seq=5)["activations"]
-    assert full == 10 * 2 * (68 * 8 + 10 * 2 * 5)
-    ckpt = fit_bytes("auto", 1, P, COPIES, tokens=10, seq=5, checkpointing=True)
-    assert ckpt["activations"] == 10 * 2 * 4 * 8
-    half = fit_bytes("auto", 1, P, COPIES, tokens=10, seq=5, bytes_per_param=2)
+    full = fit_bytes("auto", 1, P, COPIES, tokens=10)["activations"]
+    assert full == 10 * 2 * (10 * 8 + 4 * 32 + 2) * 4  # MLP width 4 x 8 by default
+    ckpt = fit_bytes("auto", 1, P, COPIES, tokens=10, checkpointing=True)
+    assert ckpt["activations"] == 10 * 2 * 8 * 4
+    half = fit_bytes("auto", 1, P, COPIES, tokens=10, bytes_per_param=2)
     assert half["activations"] == full / 2 and half["grads"] == 2000
 
 
 def test_both_fits_hold_every_copy_and_the_larger_player_fit_costs_more():
     small, large = Player(1000, 2, 8, 2), Player(3000, 2, 8, 2)
-    fits = game_peak("auto", 1, policy=large, rm=small, policy_tokens=0, rm_tokens=0, seq=5)
+    fits = game_peak("auto", 1, policy=large, rm=small, policy_tokens=0, rm_tokens=0)
     weights = lambda f: sum(v for k, v in f.items() if k.startswith("weights/"))  # noqa: E731
     assert weights(fits["rm_fit"]) == weights(fits["policy_fit"]) == (2 * 3000 + 2 * 1000) * 4
     assert fits["policy_fit"]["total"] > fits["rm_fit"]["total"]
@@ -56,8 +56,7 @@ def test_both_fits_hold_every_copy_and_the_larger_player_fit_costs_more():
 def test_sharding_engines_need_less_per_rank_than_ddp_at_every_size(size: int):
     p = llama(size)
     need = {
-        e: max(f["total"] for f in game_peak(e, 8, p, p, 4096, 10240, 2048).values())
-        for e in ENGINES
+        e: max(f["total"] for f in game_peak(e, 8, p, p, 4096, 10240).values()) for e in ENGINES
     }
     assert need["fsdp"] < need["deepspeed_stage_3"] < need["deepspeed_stage_2"] < need["ddp"]
     assert abs(p.params / (size * 1e9) - 1) < 1e-9

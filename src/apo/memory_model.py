@@ -13,8 +13,10 @@ A fit of one player (the RM's or the policy's) holds, per rank:
 - AdamW's two moments (split under ZeRO and FSDP), and DeepSpeed's fp32 master partition;
   offload keeps both on the host: off the device on GPUs, the same RAM on a CPU-only host;
 - one layer gathered in full, and the next prefetched (FSDP, ZeRO-3);
-- activations: per token and layer about `68 h + 10 a s` bytes in fp32 (Korthikanti et al.
-  2022's `34 h + 5 a s` at 2 bytes), `2 h` with activation checkpointing (the layer inputs);
+- activations: per token and layer `10 h + 4 i + a` values (width h, MLP width i, a heads) for
+  a transformers Llama layer with SDPA attention, counted exactly by the tensors autograd saves
+  (`saved_tensors_hooks`, at several widths and lengths; no `s^2` term: SDPA keeps no attention
+  matrix), `h` with activation checkpointing (the layer inputs);
 - what the process holds besides (libraries, data, the sampler): `base` bytes, measured.
 """
 
@@ -53,12 +55,13 @@ ENGINES = {
 
 @dataclass(frozen=True)
 class Player:
-    """A player's size: parameters, decoder layers and their width (attention heads too)."""
+    """A player's size: parameters, decoder layers, their width, MLP width and heads."""
 
     params: int
     layers: int
     hidden: int
     heads: int
+    intermediate: int = 0  # 0: 4 x hidden
 
     @property
     def layer_params(self) -> int:
@@ -71,15 +74,13 @@ def fit_bytes(
     fitted: Player,
     copies: dict[str, int],
     tokens: int,
-    seq: int,
     base: float = 0.0,
     bytes_per_param: int = 4,
     checkpointing: bool = False,
     device_only: bool = False,
 ) -> dict[str, float]:
     """Bytes one rank holds at the peak of a fit of `fitted`, by part: `copies` are the
-    parameters of every live copy by name (`ALL`); `tokens` per micro-batch of sequences of
-    `seq` tokens. `device_only`: what an accelerator holds (offloaded state and `base` are on
+    parameters of every live copy by name (`ALL`); `tokens` per micro-batch. `device_only`: what an accelerator holds (offloaded state and `base` are on
     the host)."""
     e, b, w = ENGINES[engine], bytes_per_param, max(world, 1)
     out = {f"weights/{n}": copies[n] * b / (w if n in e.copies_sharded else 1) for n in ALL}
@@ -89,9 +90,9 @@ def fit_bytes(
     out["optimizer"] = 0.0 if on_host else 2 * fitted.params * 4 / (w if e.optimizer_sharded else 1)
     out["master"] = fitted.params * 4 / w if e.master and not on_host else 0.0
     out["gathered_layers"] = 2 * fitted.layer_params * b if e.gathers_layers else 0.0
-    # fp32 bytes per token and layer
-    per_token = 4 * fitted.hidden if checkpointing else 68 * fitted.hidden + 10 * fitted.heads * seq
-    out["activations"] = tokens * fitted.layers * per_token * b / 4
+    h, i = fitted.hidden, fitted.intermediate or 4 * fitted.hidden
+    values = h if checkpointing else 10 * h + 4 * i + fitted.heads  # per token and layer
+    out["activations"] = tokens * fitted.layers * values * b
     out["base"] = 0.0 if device_only else base
     out["total"] = sum(out.values())
     return out
@@ -104,7 +105,6 @@ def game_peak(
     rm: Player,
     policy_tokens: int,
     rm_tokens: int,
-    seq: int,
     **kw,
 ) -> dict[str, dict[str, float]]:
     """Each fit's parts (see `fit_bytes`), `{"rm_fit": ..., "policy_fit": ...}`: both hold the
@@ -121,7 +121,6 @@ def game_peak(
                 "rm_base": rm.params,
             },
             rm_tokens,
-            seq,
             **kw,
         ),
         "policy_fit": fit_bytes(
@@ -135,7 +134,6 @@ def game_peak(
                 "rm_base": rm.params,
             },
             policy_tokens,
-            seq,
             **kw,
         ),
     }
@@ -144,6 +142,6 @@ def game_peak(
 def llama(params_b: float) -> Player:
     """The Llama shapes of the usual sizes (1B: Llama-3.2-1B; 7B: Llama-2-7B; 70B: Llama-2-70B,
     counted with full-width attention)."""
-    shapes = {1: (16, 2048, 32), 7: (32, 4096, 32), 70: (80, 8192, 64)}
-    layers, hidden, heads = shapes[int(params_b)]
-    return Player(int(params_b * 1e9), layers, hidden, heads)
+    shapes = {1: (16, 2048, 32, 8192), 7: (32, 4096, 32, 11008), 70: (80, 8192, 64, 28672)}
+    layers, hidden, heads, intermediate = shapes[int(params_b)]
+    return Player(int(params_b * 1e9), layers, hidden, heads, intermediate)
