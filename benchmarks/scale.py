@@ -45,16 +45,13 @@ def measure(engine: str, layers: int, devices: int | None, extra: list[str], out
     res = run(engine, overrides, out)
     rows = json.loads((out / "summary.json").read_text())
     cfg = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
-    r1 = rows["rounds"][1]
+    # phase -> (highest rank, lowest rank): the warm start from round 0, the rest from round 1
     peaks = {
-        k.split("/")[1]: (v, r1.get(k + "_min", v))
-        for k, v in r1.items()
+        k.split("/")[1]: (v, row.get(k + "_min", v))
+        for row in rows["rounds"][:2]
+        for k, v in row.items()
         if k.startswith("perf/") and k.endswith("/peak_rss_mb")
     }
-    peaks["warm_start"] = (
-        rows["rounds"][0]["perf/warm_start/peak_rss_mb"],
-        rows["rounds"][0].get("perf/warm_start/peak_rss_mb_min"),
-    )
     return {**res, "layers": layers, "peaks": peaks, "cfg": cfg, "rows": rows}
 
 
@@ -88,7 +85,7 @@ def predicted(res: dict, base: float) -> dict:
 
 
 def ranks(peaks: dict, phase: str) -> str:
-    """A phase's peak per rank in GB, highest first (one number where the ranks agree)."""
+    """A phase's peak per rank in GiB, highest first (one number where the ranks agree)."""
     values = sorted({x for x in peaks.get(phase, ()) if x is not None}, reverse=True)
     return " / ".join(f"{v / 1024:.2f}" for v in values) or "-"
 

@@ -7,7 +7,12 @@ import os
 import pytest
 import torch
 
-from apo.game.trainers import fix_mmap_threshold, malloc_trim, return_freed_memory
+from apo.game.trainers import (
+    fix_mmap_threshold,
+    libc_function,
+    malloc_trim,
+    return_freed_memory,
+)
 from apo.monitors import peak_rss_mb, reset_peak_rss
 
 
@@ -65,7 +70,7 @@ print(held, rss() - base)
 """
 
 
-@pytest.mark.skipif(malloc_trim() is None, reason="not glibc: no mallopt")
+@pytest.mark.skipif(libc_function("mallopt") is None, reason="not glibc: no mallopt")
 @pytest.mark.parametrize("kib", [128, 4096])
 def test_the_mmap_threshold_decides_whether_freed_tensors_leave_at_once(kib: int):
     import subprocess

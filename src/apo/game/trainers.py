@@ -171,22 +171,24 @@ def fix_mmap_threshold(kib: int | None) -> bool:
     player's weight-sized tensors then land in the heap and stay there: at the peak of a 77M
     player's RM fit the process held 3.4 GiB with it, 2.7 GiB with a fixed 128 KiB (README,
     Strategies). False where there is none (other C libraries) or `kib` is None."""
-    if kib is None:
-        return False
-    try:
-        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    except OSError:
+    mallopt = libc_function("mallopt")
+    if kib is None or mallopt is None:
         return False
     m_mmap_threshold = -3  # glibc's malloc.h
-    return mallopt is not None and bool(mallopt(m_mmap_threshold, int(kib) * 1024))
+    return bool(mallopt(m_mmap_threshold, int(kib) * 1024))
+
+
+def malloc_trim() -> Callable[[int], int] | None:
+    """The C library's `malloc_trim` (glibc), or None."""
+    return libc_function("malloc_trim")
 
 
 @functools.cache
-def malloc_trim() -> Callable[[int], int] | None:
-    """The C library's `malloc_trim` (glibc), looked up on first use among the symbols the
-    process has already loaded (no library search at start-up), or None."""
+def libc_function(name: str) -> Callable[..., int] | None:
+    """A function of the C library, looked up on first use among the symbols the process has
+    already loaded (no library search at start-up), or None where it has none."""
     try:
-        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+        return getattr(ctypes.CDLL(None), name, None)
     except OSError:
         return None
 
