@@ -90,6 +90,16 @@ CONFIG_CASES = [
     ),
     (["data.max_prompt_len=1"], ConfigError, r"data\.max_prompt_len=1"),
     (["strategy.devices=2"], ConfigError, r"strategy\.devices=2: strategy auto runs one"),
+    (
+        ["strategy=deepspeed_stage_3", "+strategy.zero.stage3_max_live=9"],
+        ConfigError,
+        r"strategy\.zero.*zero\.stage3_max_live: unknown",
+    ),
+    (
+        ["strategy=deepspeed_stage_3", "strategy.zero.reduce_bucket_size=1.5"],
+        ConfigError,
+        r"strategy\.zero.*reduce_bucket_size: expected auto, null or a positive integer, got 1\.5",
+    ),
     (["policy.round.max_epochs=x"], ConfigError, r"policy\.round\.max_epochs='x'"),
     (["+trainer.max_epoch=2"], ConfigError, r"trainer\.max_epoch: not a Lightning Trainer"),
     (["+rm.warmup.max_stepz=3"], ConfigError, r"rm\.warmup\.max_stepz: not a Lightning"),

@@ -187,6 +187,14 @@ class Data(_Open):
 class Strategy(_Open):
     name: Literal["auto", "ddp", "fsdp", "deepspeed"]
     devices: int = Field(ge=1)
+    zero: dict[str, Any] | None = None
+
+    @field_validator("zero")
+    @classmethod
+    def _zero(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        from apo.zero_sizes import check
+
+        return check(v, where="zero")
 
 
 class Objective(_Node):

@@ -1,0 +1,82 @@
+"""A finished DeepSpeed engine frees its optimizer (`apo.strategies.release_engine`): DeepSpeed's
+own `destroy` leaves hooks and parameter attributes that keep the engine and its optimizer's
+fp32 state alive as long as the module, and the game fits the same players again and again."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import socket
+import weakref
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from apo.strategies import release_engine
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    """A one-process gloo group, as DeepSpeed wants one."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
+    saved = {k: os.environ.get(k) for k in [*env, "LOCAL_RANK"]}
+    os.environ.update(env, LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _engine(model: nn.Module, stage: int):
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=torch.optim.AdamW(model.parameters(), lr=0.1),
+        config={
+            "train_micro_batch_size_per_gpu": 1,
+            "zero_optimization": {"stage": stage},
+            "zero_allow_untested_optimizer": True,
+        },
+        args=argparse.Namespace(device_rank=0),
+    )
+    return engine
+
+
+def _step(engine) -> float:
+    loss = engine(torch.ones(2, 8)).sum()
+    engine.backward(loss)
+    engine.step()
+    return float(loss)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_released_engine_and_its_optimizer_are_freed_and_the_module_fits_again(
+    one_rank, stage: int
+):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 1))
+    engine = _engine(model, stage)
+    first = _step(engine)
+    refs = weakref.ref(engine), weakref.ref(engine.optimizer)
+    release_engine(engine)
+    del engine
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]
+    assert not any(hasattr(p, "_z3_optimizer") for p in model.parameters())
+    # the next fit's engine on the same (still partitioned) module: it starts where the first
+    # step left the weights, so its loss differs from the first one
+    again = _engine(model, stage)
+    second = _step(again)
+    assert torch.isfinite(torch.tensor(second)) and second != first
+    release_engine(again)
