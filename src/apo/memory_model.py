@@ -6,13 +6,15 @@ A fit of one player (the RM's or the policy's) holds, per rank:
 
 - the weights of every live copy: the fitted player, the other player, the frozen reference
   policy and the base RM (`game.rm_init: base`); split over the ranks where the engine shards
-  them (FSDP: every copy, the reference and the base RM as shards too; ZeRO-3: the players and
-  the base RM, the reference as a full copy);
+  them (FSDP and ZeRO-3: every copy; under ZeRO-3 the reference is a full copy on every rank
+  from its snapshot at the end of the warm start until the round's generation, whose Trainer
+  partitions it: in no fit);
 - the fitted player's gradients (split under ZeRO-2/3 and FSDP), and DDP's reducer buckets (a
   second gradient copy);
 - AdamW's two moments (split under ZeRO and FSDP), and DeepSpeed's fp32 master partition;
   offload keeps both on the host: off the device on GPUs, the same RAM on a CPU-only host;
-- one layer gathered in full, and the next prefetched (FSDP, ZeRO-3);
+- one layer gathered in full, and the next prefetched (FSDP; ZeRO-3 with its working set
+  sized from the player, `apo.zero_sizes`);
 - activations: per token and layer `10 h + 4 i + a` values (width h, MLP width i, a heads) for
   a transformers Llama layer with SDPA attention, counted exactly by the tensors autograd saves
   (`saved_tensors_hooks`, at several widths and lengths; no `s^2` term: SDPA keeps no attention
@@ -44,12 +46,8 @@ ENGINES = {
     "ddp": Engine(grad_buckets=True),
     "fsdp": Engine(ALL, True, True, gathers_layers=True),
     "deepspeed_stage_2": Engine((), True, True, master=True),
-    "deepspeed_stage_3": Engine(
-        ("fitted", "other", "rm_base"), True, True, master=True, gathers_layers=True
-    ),
-    "deepspeed_stage_3_offload": Engine(
-        ("fitted", "other", "rm_base"), True, True, True, gathers_layers=True, offload=True
-    ),
+    "deepspeed_stage_3": Engine(ALL, True, True, master=True, gathers_layers=True),
+    "deepspeed_stage_3_offload": Engine(ALL, True, True, True, gathers_layers=True, offload=True),
 }
 
 
