@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py                                  # the plan below, ~45 min
     SCALE_PLAN=fsdp:24,ddp:24:1 python benchmarks/scale.py     # engine:layers[:processes]
+    SCALE_PLAN=fsdp:24/policy.generation.weights=sharded ...   # /: overrides of one game
     python benchmarks/scale.py --project                        # only the 1B/7B/70B table
 
 Each `engine:layers` plays `experiment=scale` (two Llama players of 1024 width; 24 layers are
@@ -35,6 +36,7 @@ GB, GIB = 1e9, 2**30
 
 
 def measure(engine: str, layers: int, devices: int | None, extra: list[str], out: Path) -> dict:
+    """One game of `engine` with `layers`-layer players: its phases' peaks per rank."""
     overrides = [
         "experiment=scale",
         *([f"strategy.devices={devices}"] if devices else []),
@@ -52,7 +54,8 @@ def measure(engine: str, layers: int, devices: int | None, extra: list[str], out
         for k, v in row.items()
         if k.startswith("perf/") and k.endswith("/peak_rss_mb")
     }
-    return {**res, "layers": layers, "peaks": peaks, "cfg": cfg, "rows": rows}
+    weights = cfg["policy"]["generation"]["weights"]
+    return {**res, "layers": layers, "peaks": peaks, "cfg": cfg, "rows": rows, "weights": weights}
 
 
 def predicted(res: dict, base: float) -> dict:
@@ -144,8 +147,9 @@ def table(results: list[dict], base: float) -> str:
         per_proc = tok / r["processes"]
         a = autos.get(r["layers"])
         vs = a["rows"]["rounds"][1]["perf/generate_tokens_per_s"] / per_proc if a else None
+        sharded = " sharded gen." if r.get("weights") == "sharded" else ""
         lines.append(
-            f"| {r['strategy']} ({r['processes']}) | {r['layers']} | {model['params'] / 1e6:.0f}M "
+            f"| {r['strategy']} ({r['processes']}){sharded} | {r['layers']} | {model['params'] / 1e6:.0f}M "
             f"| {ranks(p, 'warm_start')} | {ranks(p, 'rm_fit')} | {m:.2f} "
             f"| {m * 1024 / p['rm_fit'][0]:.2f} | {ranks(p, 'policy_fit')} "
             f"| {per_proc:,.0f} | {'-' if vs is None else f'{vs:.2f}x'} |"
@@ -170,10 +174,15 @@ def main() -> None:
     run("auto", ["experiment=tiny", "game.rounds=1", *a.extra], tmp / "tiny")
     base = tiny_base(tmp / "tiny")
     results = []
-    for item in os.environ.get("SCALE_PLAN", PLAN).split(","):
-        engine, layers, *devices = item.split(":")
+    for i, item in enumerate(os.environ.get("SCALE_PLAN", PLAN).split(",")):
+        spec, *own = item.split("/")
+        engine, layers, *devices = spec.split(":")
         n = int(devices[0]) if devices else None
-        res = measure(engine, int(layers), n, a.extra, tmp / item.replace(":", "-"))
+        try:
+            res = measure(engine, int(layers), n, [*a.extra, *own], tmp / f"{i}-{engine}-{layers}")
+        except RuntimeError as err:  # one game's failure (e.g. out of memory) ends only its row
+            print(f"  {item}: failed: {str(err)[-600:]}", file=sys.stderr, flush=True)
+            continue
         results.append(res)
         print(f"  {item}: {res['peaks']}", file=sys.stderr, flush=True)
         (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str))
