@@ -135,3 +135,48 @@ def test_a_sharded_copy_holds_only_shards_and_keeps_the_weights_it_was_taken_wit
         assert o["same_out"] and o["still"]
         assert o["scale"] == 3.0
     assert out[0]["same_state"]
+
+
+def _partitioned_copy(rank: int) -> dict:
+    import deepspeed
+
+    from apo.distributed import (
+        full_state_dict,
+        partitioned_copy,
+        sharding,
+        skeleton,
+        storage_bytes,
+    )
+
+    os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE="2")
+    model = _model()
+    model.register_buffer("scale", torch.tensor(3.0))
+    arch = skeleton(model)
+    with torch.no_grad():
+        before = model(X)
+    deepspeed.zero.Init(module=model, dtype=torch.float32, mem_efficient_linear=False)
+    ref = partitioned_copy(model, arch)
+    want = full_state_dict(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.ds_tensor.add_(1.0)  # the policy moves on; the reference must not
+    with deepspeed.zero.GatheredParameters(list(ref.parameters())), torch.no_grad():
+        same_out = torch.equal(ref(X), before)
+    got = full_state_dict(ref)
+    return {
+        "partitioned": sharding(ref) == "zero3",
+        "stored": storage_bytes(ref),
+        "same_out": same_out,
+        "scale": float(ref.scale),
+        "same_state": rank != 0 or all(torch.equal(got[k], want[k]) for k in want),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_a_partitioned_copy_holds_only_its_partitions_and_the_weights_it_was_taken_with():
+    out = _on_two_ranks(_partitioned_copy)
+    for o in out.values():
+        assert o["partitioned"] and o["stored"] < 0.6 * FULL_BYTES  # its partitions only
+        assert o["same_out"] and o["scale"] == 3.0
+    assert out[0]["same_state"]

@@ -40,11 +40,14 @@ def test_auto_sizes_follow_the_width_and_the_largest_decoder_layer():
         "stage3_param_persistence_threshold": 320,
         "stage3_max_live_parameters": 3 * layer,
         "stage3_max_reuse_distance": layer,
+        "sub_group_size": layer,
     }
 
 
 def test_numbers_are_kept_and_null_leaves_the_entry_to_deepspeed():
-    got = zero_sizes(_llama(16, 40), {"reduce_bucket_size": 5e8, "stage3_max_live_parameters": None})
+    got = zero_sizes(
+        _llama(16, 40), {"reduce_bucket_size": 5e8, "stage3_max_live_parameters": None}
+    )
     assert got == {"reduce_bucket_size": 500_000_000}
 
 

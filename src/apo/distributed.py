@@ -206,6 +206,36 @@ def plain_copy(model: nn.Module, skeleton_: nn.Module) -> nn.Module:
     return out
 
 
+def partitioned_copy(model: nn.Module, skeleton_: nn.Module) -> nn.Module:
+    """A copy of the ZeRO-3-partitioned `model`, partitioned as it is: `skeleton_` (see
+    `skeleton`) is laid out in (untouched) memory and partitioned by DeepSpeed over the same
+    ranks, and each rank copies its own partitions into it, so that no rank holds a full copy
+    (the reference policy of a ZeRO-3 game). Not a collective."""
+    import deepspeed
+
+    dtype = local_tensor(next(model.parameters())).dtype
+    out = copy.deepcopy(skeleton_).to_empty(device=local_tensor(next(model.parameters())).device)
+    # mem_efficient_linear would replace torch's linear for the whole process
+    deepspeed.zero.Init(module=out, dtype=dtype, mem_efficient_linear=False)
+    return _copy_local(out, model, "partitioned_copy")
+
+
+def _copy_local(out: nn.Module, model: nn.Module, what: str) -> nn.Module:
+    """Each rank's own storage of `model`'s parameters (and its buffers) copied into `out`,
+    sharded or partitioned as `model` is."""
+    with torch.no_grad():
+        for (n, a), (m, b) in zip(out.named_parameters(), model.named_parameters(), strict=True):
+            if n != m or local_tensor(a).shape != local_tensor(b).shape:
+                raise ValueError(
+                    f"{what}: {n} {tuple(local_tensor(a).shape)} does not "
+                    f"match {m} {tuple(local_tensor(b).shape)}"
+                )
+            local_tensor(a).copy_(local_tensor(b))
+        for a, b in zip(out.buffers(), model.buffers(), strict=True):
+            a.copy_(b)
+    return out
+
+
 def sharded_copy(model: nn.Module, skeleton_: nn.Module) -> nn.Module:
     """A copy of the FSDP2-sharded `model`, sharded as it is: `skeleton_` (see `skeleton`)
     gets `fully_shard` on the same modules and mesh, and each rank fills it with its own
@@ -221,14 +251,4 @@ def sharded_copy(model: nn.Module, skeleton_: nn.Module) -> nn.Module:
             mesh = next(p.device_mesh for p in src[name].parameters() if isinstance(p, DTensor))
             fully_shard(m, mesh=mesh)
     out.to_empty(device=local_tensor(next(model.parameters())).device)
-    with torch.no_grad():
-        for (n, a), (m, b) in zip(out.named_parameters(), model.named_parameters(), strict=True):
-            if n != m or local_tensor(a).shape != local_tensor(b).shape:
-                raise ValueError(
-                    f"sharded_copy: {n} {tuple(local_tensor(a).shape)} does not "
-                    f"match {m} {tuple(local_tensor(b).shape)}"
-                )
-            local_tensor(a).copy_(local_tensor(b))
-        for a, b in zip(out.buffers(), model.buffers(), strict=True):
-            a.copy_(b)
-    return resharded(out)
+    return resharded(_copy_local(out, model, "sharded_copy"))

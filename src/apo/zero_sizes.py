@@ -10,7 +10,9 @@ per rank than DDP (measured on the 308M game: 10.0 GB per rank at the warm start
 parameters): the buckets `h²` and ZeRO-3's prefetch `0.9 h²`, parameters under `10 h` elements
 kept gathered (transformers' `auto` values for its DeepSpeed integration), and at most `3 L`
 parameters gathered, released unless reused within `L` — a layer at a time, as FSDP reshards
-after each layer. A number is used as it is; null leaves the entry to Lightning / DeepSpeed.
+after each layer —, and the optimizer stepped in sub-groups of `L` parameters: ZeRO-3 copies a
+sub-group's gradients into one flat fp32 tensor for its step, and Lightning's one sub-group
+of 1e12 made that a second copy of all of a rank's gradients at every step. A number is used as it is; null leaves the entry to Lightning / DeepSpeed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ KEYS = (
     "stage3_param_persistence_threshold",
     "stage3_max_live_parameters",
     "stage3_max_reuse_distance",
+    "sub_group_size",
 )
 
 
@@ -85,7 +88,11 @@ def zero_sizes(model: nn.Module, settings: dict[str, Any] | None) -> dict[str, i
             "stage3_param_persistence_threshold": 10 * h,
         }
     if layer:
-        auto |= {"stage3_max_live_parameters": 3 * layer, "stage3_max_reuse_distance": layer}
+        auto |= {
+            "stage3_max_live_parameters": 3 * layer,
+            "stage3_max_reuse_distance": layer,
+            "sub_group_size": layer,
+        }
     out = {}
     for key, value in check(settings).items():
         if value == "auto":

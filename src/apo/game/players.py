@@ -20,6 +20,7 @@ from apo.data.game_data import GameData
 from apo.distributed import (
     LocalShards,
     full_state_dict,
+    partitioned_copy,
     plain_copy,
     sharded_copy,
     sharding,
@@ -96,11 +97,13 @@ class Players:
             self.rm_skeleton = skeleton(self.rm)
 
     def snapshot_reference(self) -> None:
-        """Freeze a copy of the current policy as `pi_ref`: under FSDP, sharded as the policy is
-        (each rank copies its shards); else a plain copy (a collective under ZeRO-3)."""
-        old = self.ref
-        if sharding(self.policy) == "fsdp":
+        """Freeze a copy of the current policy as `pi_ref`: under FSDP and ZeRO-3, sharded or
+        partitioned as the policy is (each rank copies its own part); else a plain copy."""
+        old, kind = self.ref, sharding(self.policy)
+        if kind == "fsdp":
             self.ref = sharded_copy(self.policy, self.skeleton).eval()
+        elif kind == "zero3":
+            self.ref = partitioned_copy(self.policy, self.skeleton).eval()
         else:
             self.ref = plain_copy(self.policy, self.skeleton).eval()
         if old is not None and sharding(old) is None:
