@@ -144,12 +144,14 @@ def table(results: list[dict], base: float) -> str:
         model = predicted(r, base)
         p, m = r["peaks"], model["total"] / GIB
         tok = r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan"))
-        per_proc = tok / r["processes"]
+        # the game's ranks (the process count also sees DeepSpeed's compiler helpers)
+        world = len(r["rows"]["param_storage_bytes"]["rm"])
+        per_proc = tok / world
         a = autos.get(r["layers"])
         vs = a["rows"]["rounds"][1]["perf/generate_tokens_per_s"] / per_proc if a else None
         sharded = " sharded gen." if r.get("weights") == "sharded" else ""
         lines.append(
-            f"| {r['strategy']} ({r['processes']}){sharded} | {r['layers']} | {model['params'] / 1e6:.0f}M "
+            f"| {r['strategy']} ({world}){sharded} | {r['layers']} | {model['params'] / 1e6:.0f}M "
             f"| {ranks(p, 'warm_start')} | {ranks(p, 'rm_fit')} | {m:.2f} "
             f"| {m * 1024 / p['rm_fit'][0]:.2f} | {ranks(p, 'policy_fit')} "
             f"| {per_proc:,.0f} | {'-' if vs is None else f'{vs:.2f}x'} |"

@@ -6,12 +6,12 @@ A fit of one player (the RM's or the policy's) holds, per rank:
 
 - the weights of every live copy: the fitted player, the other player, the frozen reference
   policy and the base RM (`game.rm_init: base`); split over the ranks where the engine shards
-  them (FSDP and ZeRO-3: every copy; under ZeRO-3 the reference is a full copy on every rank
-  from its snapshot at the end of the warm start until the round's generation, whose Trainer
-  partitions it: in no fit);
+  them (FSDP and ZeRO-3: every copy, the reference and the base RM as each rank's own part);
 - the fitted player's gradients (split under ZeRO-2/3 and FSDP), and DDP's reducer buckets (a
   second gradient copy);
-- AdamW's two moments (split under ZeRO and FSDP), and DeepSpeed's fp32 master partition;
+- AdamW's two moments (split under ZeRO and FSDP), and DeepSpeed's fp32 master partition
+  (a second copy of the fitted player's part even in fp32; ZeRO-3 also copies one optimizer
+  sub-group's gradients at its step: one layer with `strategy.zero` sized, not counted);
   offload keeps both on the host: off the device on GPUs, the same RAM on a CPU-only host;
 - one layer gathered in full, and the next prefetched (FSDP; ZeRO-3 with its working set
   sized from the player, `apo.zero_sizes`);
