@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ from apo.train import CONFIG_DIR, CONFIG_MODULE
 ROOT = Path(__file__).resolve().parents[1]
 #: the shared real data sets, by default beside the project; APO_DATA_DIR moves them
 DATA_DIR = Path(os.environ.get("APO_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (for a test's own process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def compose_cfg(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import socket
 import weakref
 
 import pytest
@@ -16,15 +15,13 @@ import torch.distributed as dist
 from torch import nn
 
 from apo.strategies import release_engine
+from tests.conftest import free_port
 
 
 @pytest.fixture(scope="module")
 def one_rank():
     """A one-process gloo group, as DeepSpeed wants one."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
+    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1")
     saved = {k: os.environ.get(k) for k in [*env, "LOCAL_RANK"]}
     os.environ.update(env, LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 
 import pytest
@@ -13,14 +12,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.conftest import free_port
+
 X = torch.tensor([[1, 2, 3], [4, 5, 14]])
 FULL_BYTES = (15 * 8 + 8 * 8 + 8 + 8 + 1) * 4  # the model's parameters, unsharded
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(rank: int, port: int, body: Callable[[int], dict], out: dict) -> None:
@@ -36,7 +31,7 @@ def _on_two_ranks(body: Callable[[int], dict]) -> dict[int, dict]:
     """`body(rank)` on 2 gloo processes; what each rank returned."""
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_run, args=(_free_port(), body, out), nprocs=2, join=True)
+        mp.spawn(_run, args=(free_port(), body, out), nprocs=2, join=True)
         return dict(out)
 
 

@@ -213,10 +213,10 @@ def partitioned_copy(model: nn.Module, skeleton_: nn.Module) -> nn.Module:
     (the reference policy of a ZeRO-3 game). Not a collective."""
     import deepspeed
 
-    dtype = local_tensor(next(model.parameters())).dtype
-    out = copy.deepcopy(skeleton_).to_empty(device=local_tensor(next(model.parameters())).device)
+    first = local_tensor(next(model.parameters()))
+    out = copy.deepcopy(skeleton_).to_empty(device=first.device)
     # mem_efficient_linear would replace torch's linear for the whole process
-    deepspeed.zero.Init(module=out, dtype=dtype, mem_efficient_linear=False)
+    deepspeed.zero.Init(module=out, dtype=first.dtype, mem_efficient_linear=False)
     return _copy_local(out, model, "partitioned_copy")
 
 

@@ -168,7 +168,7 @@ def release_engine(engine: Any) -> None:
     pointing at the optimizer (`_z3_optimizer`). The game fits the same players again and again,
     so each fit's optimizer (its fp32 partitions, Adam's moments and gradient buffers) outlived
     it: on the 308M game a ZeRO-3 rank held 11 GB in the round's RM fit, 5.9 GB in the warm
-    start's (tests/test_strategies.py counts the engines left)."""
+    start's (tests/test_deepspeed_release.py)."""
     engine.destroy()
     for name in ("module_forward_pre_hook", "module_forward_post_hook", "first_dataloader_check"):
         handle = getattr(engine, name, None)

@@ -12,7 +12,8 @@ kept gathered (transformers' `auto` values for its DeepSpeed integration), and a
 parameters gathered, released unless reused within `L` — a layer at a time, as FSDP reshards
 after each layer —, and the optimizer stepped in sub-groups of `L` parameters: ZeRO-3 copies a
 sub-group's gradients into one flat fp32 tensor for its step, and Lightning's one sub-group
-of 1e12 made that a second copy of all of a rank's gradients at every step. A number is used as it is; null leaves the entry to Lightning / DeepSpeed.
+of 1e12 made that a second copy of all of a rank's gradients at every step. A number is used
+as it is; null leaves the entry to Lightning / DeepSpeed.
 """
 
 from __future__ import annotations
