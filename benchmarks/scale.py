@@ -55,6 +55,9 @@ def measure(engine: str, layers: int, devices: int | None, extra: list[str], out
         if k.startswith("perf/") and k.endswith("/peak_rss_mb")
     }
     weights = cfg["policy"]["generation"]["weights"]
+    # the players' state files (~1.2 GB each at 308M per save) would fill the disk over a plan
+    for f in [f for f in out.rglob("*") if f.is_file() and f.stat().st_size > 50 * 2**20]:
+        f.unlink()
     return {**res, "layers": layers, "peaks": peaks, "cfg": cfg, "rows": rows, "weights": weights}
 
 

@@ -30,11 +30,17 @@ def test_each_engine_splits_what_it_shards():
     z3 = parts("deepspeed_stage_3")
     # every copy split, the reference too (partitioned by the generation before every fit)
     assert z3["weights/fitted"] == z3["weights/ref"] == 2000
-    assert z3["total"] == fsdp["total"] + z3["master"]
-    # offload moves the optimizer's state off an accelerator; on a CPU-only host it is all RAM
+    # fp32 weights stepped in place (apo.deepspeed_fixes): as much as FSDP; a bf16 player's
+    # fp32 master partition on top
+    assert z3["master"] == 0 and z3["total"] == fsdp["total"]
+    z3_bf16 = parts("deepspeed_stage_3", bytes_per_param=2)
+    assert z3_bf16["master"] == 2000
+    assert z3_bf16["total"] == parts("fsdp", bytes_per_param=2)["total"] + 2000
+    # offload moves the optimizer's state off an accelerator; on a CPU-only host it is all RAM,
+    # and its fp32 master is a copy there
     off = parts("deepspeed_stage_3_offload", device_only=True)
     assert off["optimizer"] == off["master"] == 0
-    assert parts("deepspeed_stage_3_offload")["total"] == z3["total"]
+    assert parts("deepspeed_stage_3_offload")["total"] == z3["total"] + 2000
 
 
 def test_activations_per_token_and_layer_and_with_checkpointing():
@@ -57,8 +63,11 @@ def test_both_fits_hold_every_copy_and_the_larger_player_fit_costs_more():
 @pytest.mark.parametrize("size", [1, 7, 70])
 def test_sharding_engines_need_less_per_rank_than_ddp_at_every_size(size: int):
     p = llama(size)
-    need = {
-        e: max(f["total"] for f in game_peak(e, 8, p, p, 4096, 10240).values()) for e in ENGINES
-    }
-    assert need["fsdp"] < need["deepspeed_stage_3"] < need["deepspeed_stage_2"] < need["ddp"]
+    for b in (4, 2):
+        fits = {e: game_peak(e, 8, p, p, 4096, 10240, bytes_per_param=b) for e in ENGINES}
+        need = {e: max(f["total"] for f in fits[e].values()) for e in ENGINES}
+        assert need["deepspeed_stage_3"] < need["deepspeed_stage_2"] < need["ddp"]
+        # ZeRO-3 = FSDP in fp32 (weights stepped in place); bf16 adds its fp32 master partition
+        assert (need["fsdp"] == need["deepspeed_stage_3"]) == (b == 4)
+        assert need["fsdp"] <= need["deepspeed_stage_3"]
     assert abs(p.params / (size * 1e9) - 1) < 1e-9

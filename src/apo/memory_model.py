@@ -10,8 +10,9 @@ A fit of one player (the RM's or the policy's) holds, per rank:
 - the fitted player's gradients (split under ZeRO-2/3 and FSDP), and DDP's reducer buckets (a
   second gradient copy);
 - AdamW's two moments (split under ZeRO and FSDP), and DeepSpeed's fp32 master partition
-  (a second copy of the fitted player's part even in fp32; ZeRO-3 also copies one optimizer
-  sub-group's gradients at its step: one layer with `strategy.zero` sized, not counted);
+  (ZeRO-2 and offload: a second copy of the fitted player's part even in fp32; ZeRO-3 steps
+  fp32 weights in place, `apo.deepspeed_fixes`; it also copies one optimizer sub-group's
+  gradients at its step: one layer with `strategy.zero` sized, not counted);
   offload keeps both on the host: off the device on GPUs, the same RAM on a CPU-only host;
 - one layer gathered in full, and the next prefetched (FSDP; ZeRO-3 with its working set
   sized from the player, `apo.zero_sizes`);
@@ -35,6 +36,7 @@ class Engine:
     grads_sharded: bool = False
     optimizer_sharded: bool = False
     master: bool = False  # DeepSpeed's fp32 partition of the weights the optimizer steps
+    fp32_in_place: bool = False  # ZeRO-3: no master copy of weights already in fp32
     grad_buckets: bool = False  # DDP: the reducer's buckets, a second gradient copy
     gathers_layers: bool = False  # a layer (and the next) gathered in full as it runs
     offload: bool = False  # optimizer state and master weights on the host
@@ -46,7 +48,7 @@ ENGINES = {
     "ddp": Engine(grad_buckets=True),
     "fsdp": Engine(ALL, True, True, gathers_layers=True),
     "deepspeed_stage_2": Engine((), True, True, master=True),
-    "deepspeed_stage_3": Engine(ALL, True, True, master=True, gathers_layers=True),
+    "deepspeed_stage_3": Engine(ALL, True, True, True, fp32_in_place=True, gathers_layers=True),
     "deepspeed_stage_3_offload": Engine(ALL, True, True, True, gathers_layers=True, offload=True),
 }
 
@@ -86,7 +88,8 @@ def fit_bytes(
     out["grad_buckets"] = fitted.params * b if e.grad_buckets else 0.0
     on_host = e.offload and device_only
     out["optimizer"] = 0.0 if on_host else 2 * fitted.params * 4 / (w if e.optimizer_sharded else 1)
-    out["master"] = fitted.params * 4 / w if e.master and not on_host else 0.0
+    copied = e.master and not on_host and not (e.fp32_in_place and b == 4)
+    out["master"] = fitted.params * 4 / w if copied else 0.0
     out["gathered_layers"] = 2 * fitted.layer_params * b if e.gathers_layers else 0.0
     h, i = fitted.hidden, fitted.intermediate or 4 * fitted.hidden
     values = h if checkpointing else 10 * h + 4 * i + fitted.heads  # per token and layer

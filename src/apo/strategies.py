@@ -8,11 +8,9 @@ through `ModelParallelStrategy`, `version: 1` = Lightning's `FSDPStrategy`, GPUs
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from lightning.pytorch.strategies import (
 from omegaconf import DictConfig
 from torch import nn
 
-from apo import zero_sizes
+from apo import deepspeed_fixes, zero_sizes
 from apo.config import plain
 from apo.zero_sizes import decoder_layer_names
 
@@ -98,34 +96,17 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         self.set_world_ranks()
         self._init_deepspeed_distributed()
 
-    @contextlib.contextmanager
-    def _device_rank(self) -> Iterator[None]:
-        """Lightning passes `root_device.index` (None on CPU) as DeepSpeed's device rank."""
-        import deepspeed
-
-        if not self._on_cpu:
-            yield
-            return
-        original = deepspeed.initialize
-
-        def initialize(*args: Any, **kwargs: Any) -> Any:
-            kwargs["args"] = argparse.Namespace(device_rank=self.local_rank)
-            return original(*args, **kwargs)
-
-        deepspeed.initialize = initialize
-        try:
-            yield
-        finally:
-            deepspeed.initialize = original
+    def _patches(self) -> contextlib.AbstractContextManager:
+        return deepspeed_fixes.initialize_patches(self.local_rank if self._on_cpu else None)
 
     def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):  # type: ignore[override]
         self._size_zero(model)
-        with self._device_rank():
+        with self._patches():
             return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
 
     def _initialize_deepspeed_inference(self, model: nn.Module) -> None:
         self._size_zero(model)
-        with self._device_rank():
+        with self._patches():
             super()._initialize_deepspeed_inference(model)
 
     def _init_optimizers(self):  # type: ignore[override]
@@ -159,23 +140,7 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         engine = self.model
         super().teardown()
         if hasattr(engine, "destroy"):
-            release_engine(engine)
-
-
-def release_engine(engine: Any) -> None:
-    """Destroy a finished DeepSpeed engine and cut what keeps it alive after it: DeepSpeed leaves
-    its forward hooks (closures over the engine) on the module, and under ZeRO-3 every parameter
-    pointing at the optimizer (`_z3_optimizer`). The game fits the same players again and again,
-    so each fit's optimizer (its fp32 partitions, Adam's moments and gradient buffers) outlived
-    it: on the 308M game a ZeRO-3 rank held 11 GB in the round's RM fit, 5.9 GB in the warm
-    start's (tests/test_deepspeed_release.py)."""
-    engine.destroy()
-    for name in ("module_forward_pre_hook", "module_forward_post_hook", "first_dataloader_check"):
-        handle = getattr(engine, name, None)
-        if handle is not None:
-            handle.remove()
-    for p in engine.module.parameters():
-        p.__dict__.pop("_z3_optimizer", None)
+            deepspeed_fixes.release_engine(engine)
 
 
 def to_cpu_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -1,10 +1,12 @@
-"""A finished DeepSpeed engine frees its optimizer (`apo.strategies.release_engine`): DeepSpeed's
-own `destroy` leaves hooks and parameter attributes that keep the engine and its optimizer's
-fp32 state alive as long as the module, and the game fits the same players again and again."""
+"""DeepSpeed mended (`apo.deepspeed_fixes`): a finished engine frees its optimizer (DeepSpeed's own
+`destroy` leaves hooks and parameter attributes that keep the engine and its optimizer's fp32
+state alive as long as the module, and the game fits the same players again and again), and
+ZeRO-3 steps fp32 weights in place instead of a second fp32 copy."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import weakref
@@ -14,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from apo.strategies import release_engine
+from apo.deepspeed_fixes import initialize_patches, release_engine
 from tests.conftest import free_port
 
 
@@ -77,3 +79,33 @@ def test_a_released_engine_and_its_optimizer_are_freed_and_the_module_fits_again
     second = _step(again)
     assert torch.isfinite(torch.tensor(second)) and second != first
     release_engine(again)
+
+
+def _losses(engine, steps: int = 4) -> list[float]:
+    return [_step(engine) for _ in range(steps)]
+
+
+def test_zero3_steps_fp32_weights_in_place_with_the_same_numerics_as_its_master_copy(one_rank):
+    """DeepSpeed's own check for weights already in fp32 compares a `torch.device` with a device
+    name and never holds, so without the fix every rank keeps a second fp32 partition."""
+
+    def build(patched: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+        with initialize_patches(0) if patched else contextlib.nullcontext():
+            return _engine(model, 3)
+
+    copied, aliased = build(False), build(True)
+    ptrs = [
+        [t.data_ptr() for t in e.optimizer.fp32_partitioned_groups_flat]
+        for e in (copied, aliased)
+    ]
+    lp = [t.data_ptr() for t in aliased.optimizer.fp16_partitioned_groups_flat]
+    # DeepSpeed still copies (drop the fix when this fails); the fix shares the storage
+    assert ptrs[0] != [t.data_ptr() for t in copied.optimizer.fp16_partitioned_groups_flat]
+    assert ptrs[1] == lp
+    expected, got = _losses(copied), _losses(aliased)
+    assert len(set(got)) == len(got)  # the weights moved every step
+    assert got == pytest.approx(expected, abs=1e-6)
+    for e in (copied, aliased):
+        release_engine(e)
