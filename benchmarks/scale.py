@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -54,11 +55,26 @@ def measure(engine: str, layers: int, devices: int | None, extra: list[str], out
         for k, v in row.items()
         if k.startswith("perf/") and k.endswith("/peak_rss_mb")
     }
+    # what an offloading engine kept on the host (`apo.host_memory`): highest rank, lowest
+    offloaded = {
+        k.split("/")[1]: (v, row.get(k + "_min", v))
+        for row in rows["rounds"][:2]
+        for k, v in row.items()
+        if k.startswith("perf/") and k.endswith("/offloaded_mb")
+    }
     weights = cfg["policy"]["generation"]["weights"]
     # the players' state files (~1.2 GB each at 308M per save) would fill the disk over a plan
     for f in [f for f in out.rglob("*") if f.is_file() and f.stat().st_size > 50 * 2**20]:
         f.unlink()
-    return {**res, "layers": layers, "peaks": peaks, "cfg": cfg, "rows": rows, "weights": weights}
+    return {
+        **res,
+        "layers": layers,
+        "peaks": peaks,
+        "offloaded": offloaded,
+        "cfg": cfg,
+        "rows": rows,
+        "weights": weights,
+    }
 
 
 def predicted(res: dict, base: float) -> dict:
@@ -133,31 +149,66 @@ def tiny_base(run_dir: Path) -> float:
     return max(v for r in rows for k, v in r.items() if k.endswith("/peak_rss_mb")) * 2**20
 
 
+def per_process(r: dict) -> float:
+    """A game's round-1 generation tokens/s per game rank."""
+    world = len(r["rows"]["param_storage_bytes"]["rm"])
+    return r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan")) / world
+
+
 def table(results: list[dict], base: float) -> str:
     """The measured peaks per rank against the memory model (GiB), and generation speed."""
     lines = [
         f"base (the tiny game's peak): {base / GIB:.2f} GiB\n",
         "| engine | layers | params per player | warm start peak GiB (ranks) "
         "| RM fit peak GiB (ranks) | model GiB | model / measured | policy fit peak GiB "
-        "| generation tok/s per process | auto's / this |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| on the device GiB | generation tok/s per process | auto's / this |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     autos = {r["layers"]: r for r in results if r["strategy"] == "auto"}
     for r in results:
         model = predicted(r, base)
         p, m = r["peaks"], model["total"] / GIB
-        tok = r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan"))
         # the game's ranks (the process count also sees DeepSpeed's compiler helpers)
         world = len(r["rows"]["param_storage_bytes"]["rm"])
-        per_proc = tok / world
+        per_proc = per_process(r)
         a = autos.get(r["layers"])
-        vs = a["rows"]["rounds"][1]["perf/generate_tokens_per_s"] / per_proc if a else None
+        vs = per_process(a) / per_proc if a else None
         sharded = " sharded gen." if r.get("weights") == "sharded" else ""
+        # the RM fit's peak less what offload kept on the host (the same RAM here; a GPU's not)
+        off = r.get("offloaded", {}).get("rm_fit", (0, 0))
+        device = " / ".join(f"{(x - o) / 1024:.2f}" for x, o in zip(p["rm_fit"], off))
         lines.append(
             f"| {r['strategy']} ({world}){sharded} | {r['layers']} | {model['params'] / 1e6:.0f}M "
             f"| {ranks(p, 'warm_start')} | {ranks(p, 'rm_fit')} | {m:.2f} "
-            f"| {m * 1024 / p['rm_fit'][0]:.2f} | {ranks(p, 'policy_fit')} "
+            f"| {m * 1024 / p['rm_fit'][0]:.2f} | {ranks(p, 'policy_fit')} | {device} "
             f"| {per_proc:,.0f} | {'-' if vs is None else f'{vs:.2f}x'} |"
+        )
+    return "\n".join(lines)
+
+
+def generation(results: list[dict]) -> str:
+    """Generation tokens/s per process, median [min-max] over a plan's repeated games, against
+    the unsharded engine (`ddp`, or `auto`) with as many processes: the processes share this
+    machine's cores, so only equal process counts compare."""
+    groups: dict[tuple, list[float]] = {}
+    for r in results:
+        world = len(r["rows"]["param_storage_bytes"]["rm"])
+        key = (r["strategy"], world, r["layers"], r.get("weights"))
+        groups.setdefault(key, []).append(per_process(r))
+    base = {
+        (w, n): statistics.median(v) for (e, w, n, _), v in groups.items() if e in ("ddp", "auto")
+    }
+    lines = [
+        "| engine (processes) | layers | weights | runs | tok/s per process, median [min-max] "
+        "| unsharded's / this |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (engine, world, layers, weights), v in groups.items():
+        m, ref = statistics.median(v), base.get((world, layers))
+        vs = f"{ref / m:.2f}x" if ref else "-"
+        lines.append(
+            f"| {engine} ({world}) | {layers} | {weights} | {len(v)} "
+            f"| {m:,.1f} [{min(v):,.1f}-{max(v):,.1f}] | {vs} |"
         )
     return "\n".join(lines)
 
@@ -173,7 +224,8 @@ def main() -> None:
         return
     if a.table:
         path = Path(a.table)
-        print(table(json.loads(path.read_text()), tiny_base(path.parent / "tiny")))
+        results = json.loads(path.read_text())
+        print(table(results, tiny_base(path.parent / "tiny")) + "\n\n" + generation(results))
         return
     tmp = Path(tempfile.mkdtemp(prefix="apo-bench-scale-"))
     run("auto", ["experiment=tiny", "game.rounds=1", *a.extra], tmp / "tiny")
@@ -192,6 +244,7 @@ def main() -> None:
         print(f"  {item}: {res['peaks']}", file=sys.stderr, flush=True)
         (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(table(results, base))
+    print("\ngeneration (round 1):\n\n" + generation(results))
     print("\nwhat the model says each engine needs per GPU (8 GPUs):\n")
     print(project())
     print(f"\nraw results: {tmp / 'results.json'}")

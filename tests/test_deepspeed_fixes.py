@@ -1,7 +1,8 @@
-"""DeepSpeed mended (`apo.deepspeed_fixes`): a finished engine frees its optimizer (DeepSpeed's own
-`destroy` leaves hooks and parameter attributes that keep the engine and its optimizer's fp32
-state alive as long as the module, and the game fits the same players again and again), and
-ZeRO-3 steps fp32 weights in place instead of a second fp32 copy."""
+"""DeepSpeed mended and measured: a finished engine frees its optimizer (`apo.deepspeed_fixes`;
+DeepSpeed's own `destroy` leaves hooks and parameter attributes that keep the engine and its
+optimizer's fp32 state alive as long as the module, and the game fits the same players again and
+again), ZeRO-3 steps fp32 weights in place instead of a second fp32 copy, and what offload keeps
+on the host is counted (`apo.host_memory`)."""
 
 from __future__ import annotations
 
@@ -97,8 +98,7 @@ def test_zero3_steps_fp32_weights_in_place_with_the_same_numerics_as_its_master_
 
     copied, aliased = build(False), build(True)
     ptrs = [
-        [t.data_ptr() for t in e.optimizer.fp32_partitioned_groups_flat]
-        for e in (copied, aliased)
+        [t.data_ptr() for t in e.optimizer.fp32_partitioned_groups_flat] for e in (copied, aliased)
     ]
     lp = [t.data_ptr() for t in aliased.optimizer.fp16_partitioned_groups_flat]
     # DeepSpeed still copies (drop the fix when this fails); the fix shares the storage
@@ -108,4 +108,36 @@ def test_zero3_steps_fp32_weights_in_place_with_the_same_numerics_as_its_master_
     assert len(set(got)) == len(got)  # the weights moved every step
     assert got == pytest.approx(expected, abs=1e-6)
     for e in (copied, aliased):
+        release_engine(e)
+
+
+def test_host_bytes_counts_what_optimizer_offload_keeps_off_the_device(one_rank):
+    """`apo.host_memory`: an offloading ZeRO-3 optimizer keeps its fp32 master partition, the
+    flat gradient buffer, each optimizer sub-group's own fp32 gradient buffer and Adam's two
+    moments on the host (5 fp32 values per parameter on one rank); one that does not offload
+    keeps nothing there."""
+    import deepspeed
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    from apo.host_memory import host_bytes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+    n = sum(p.numel() for p in model.parameters())
+    with initialize_patches(0):
+        offload, *_ = deepspeed.initialize(
+            model=model,
+            optimizer=DeepSpeedCPUAdam(model.parameters(), lr=0.1),
+            config={
+                "train_micro_batch_size_per_gpu": 1,
+                "zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+            },
+        )
+    _step(offload)
+    assert host_bytes(offload.optimizer) == 5 * n * 4
+    torch.manual_seed(0)
+    plain = _engine(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1)), 3)
+    _step(plain)
+    assert host_bytes(plain.optimizer) == 0
+    for e in (offload, plain):
         release_engine(e)

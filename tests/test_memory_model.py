@@ -37,10 +37,12 @@ def test_each_engine_splits_what_it_shards():
     assert z3_bf16["master"] == 2000
     assert z3_bf16["total"] == parts("fsdp", bytes_per_param=2)["total"] + 2000
     # offload moves the optimizer's state off an accelerator; on a CPU-only host it is all RAM,
-    # and its fp32 master is a copy there
     off = parts("deepspeed_stage_3_offload", device_only=True)
-    assert off["optimizer"] == off["master"] == 0
-    assert parts("deepspeed_stage_3_offload")["total"] == z3["total"] + 2000
+    assert off["optimizer"] == off["master"] == off["host_grads"] == 0
+    # and its fp32 master and its optimizer's own gradient partition are copies there
+    on_host = parts("deepspeed_stage_3_offload")
+    assert on_host["total"] == z3["total"] + 2000 + 2000
+    assert on_host["master"] == on_host["host_grads"] == 2000
 
 
 def test_activations_per_token_and_layer_and_with_checkpointing():

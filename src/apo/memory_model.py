@@ -13,7 +13,8 @@ A fit of one player (the RM's or the policy's) holds, per rank:
   (ZeRO-2 and offload: a second copy of the fitted player's part even in fp32; ZeRO-3 steps
   fp32 weights in place, `apo.deepspeed_fixes`; it also copies one optimizer sub-group's
   gradients at its step: one layer with `strategy.zero` sized, not counted);
-  offload keeps both on the host: off the device on GPUs, the same RAM on a CPU-only host;
+  offload keeps both on the host, with a second fp32 gradient partition (each optimizer
+  sub-group's own buffer): off the device on GPUs, the same RAM on a CPU-only host;
 - one layer gathered in full, and the next prefetched (FSDP; ZeRO-3 with its working set
   sized from the player, `apo.zero_sizes`);
 - activations: per token and layer `10 h + 4 i + a` values (width h, MLP width i, a heads) for
@@ -86,6 +87,8 @@ def fit_bytes(
     out = {f"weights/{n}": copies[n] * b / (w if n in e.copies_sharded else 1) for n in ALL}
     out["grads"] = fitted.params * b / (w if e.grads_sharded else 1)
     out["grad_buckets"] = fitted.params * b if e.grad_buckets else 0.0
+    # offload: the optimizer's own fp32 gradient partition on the host, beside the flat buffer
+    out["host_grads"] = fitted.params * 4 / w if e.offload and not device_only else 0.0
     on_host = e.offload and device_only
     out["optimizer"] = 0.0 if on_host else 2 * fitted.params * 4 / (w if e.optimizer_sharded else 1)
     copied = e.master and not on_host and not (e.fp32_in_place and b == 4)

@@ -11,6 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from apo import host_memory
+
 
 def logs_this_step(trainer: L.Trainer) -> bool:
     """Whether Lightning writes the logs of the step under way (every `log_every_n_steps`).
@@ -47,7 +49,9 @@ def _status_kb(key: str) -> int | None:
 def reset_peak_rss() -> bool:
     """Start the process's peak resident set size (`VmHWM`) again from its current size, so
     that the next `peak_rss_mb` is the peak of what runs in between (a game phase, a fit).
-    Linux only (`/proc/self/clear_refs`); False where the peak cannot be reset."""
+    Linux only (`/proc/self/clear_refs`); False where the peak cannot be reset. The count of
+    offloaded host bytes (`apo.host_memory`) starts again too."""
+    host_memory.reset()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -107,6 +111,8 @@ class FitMonitor(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
+        if trainer.global_step == 0:
+            host_memory.count(optimizer)  # what an offloading engine holds off the device
         if not logs_this_step(trainer):
             return  # the logger would not write them: each `log` costs tens of microseconds
         log = lambda name, value: pl_module.log(name, value, on_step=True, on_epoch=False)  # noqa: E731

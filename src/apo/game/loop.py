@@ -29,6 +29,7 @@ from apo.game.players import build_datamodule, build_players, check_positions
 from apo.game.state import GameState
 from apo.game.trainers import Trainers, timed
 from apo.guards import GuardStop
+from apo.host_memory import offloaded_mb
 from apo.judges import build_judge
 from apo.logger import GameTensorBoardLogger, hydra_job, run_name
 from apo.monitors import peak_rss_mb, reset_peak_rss
@@ -141,6 +142,8 @@ class GameLoop:
                 saving += time.perf_counter() - t1
                 if measured:
                     self.state.round_metrics[f"perf/{phase.name}/peak_rss_mb"] = peak_rss_mb()
+                    if offloaded_mb():
+                        self.state.round_metrics[f"perf/{phase.name}/offloaded_mb"] = offloaded_mb()
                 if stop and (r, phase) != schedule[-1]:
                     self.stop(stop, r, phase, finished=True)
         self.logger.close()

@@ -161,9 +161,10 @@ def evaluate(game: GameLoop, r: int) -> None:
     state.prev_judge = ev.judge_by_prompt
     summary = {"rounds": state.summary, "data": {**game.dm.data.meta, **state.judge_info}}
     # what each rank holds of every player's weights (a sharded player: its shards only), and
-    # each rank's peak memory in the round's phases: the highest rank's (`.../peak_rss_mb`) and,
-    # with several ranks, the lowest's (`.../peak_rss_mb_min`)
-    peaks = {k: v for k, v in m.items() if k.endswith("/peak_rss_mb")}
+    # each rank's peak memory in the round's phases (and what offload kept on the host): the
+    # highest rank's (`.../peak_rss_mb`, `.../offloaded_mb`) and, with several ranks, the
+    # lowest's (`..._min`)
+    peaks = {k: v for k, v in m.items() if k.endswith(("/peak_rss_mb", "/offloaded_mb"))}
     per_rank = gather_objects([(game.players.storage(), peaks)])
     storage = [s for s, _ in per_rank]
     summary["param_storage_bytes"] = {k: [s[k] for s in storage] for k in storage[0]}
