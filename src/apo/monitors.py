@@ -102,17 +102,30 @@ class FitMonitor(L.Callback):
         self.tokens: torch.Tensor | int = 0
         self.tokens_logged = 0.0
         self.summary = {}
+        self.counted = False
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self.tokens = self.tokens + count_tokens(batch)
 
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if trainer.global_step == 1 and trainer.optimizers and not self.counted:
+            # what an offloading engine holds off the device, once its first step has made
+            # the optimizer's state (DeepSpeed's CPU Adam makes its moments there)
+            self.counted = True
+            host_memory.count(trainer.optimizers[0])
+
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if trainer.global_step == 0:
-            host_memory.count(optimizer)  # what an offloading engine holds off the device
         if not logs_this_step(trainer):
             return  # the logger would not write them: each `log` costs tens of microseconds
         log = lambda name, value: pl_module.log(name, value, on_step=True, on_epoch=False)  # noqa: E731
