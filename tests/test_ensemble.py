@@ -196,3 +196,27 @@ def test_member_state_strips_the_members_prefix():
     assert all(torch.equal(one[k], v) for k, v in members(ens)[1].state_dict().items())
     with pytest.raises(ValueError, match="at least 2"):
         RMEnsemble([_member(1)])
+
+
+def test_a_frozen_ensemble_scores_every_round_with_its_warm_start_members(tmp_path: Path):
+    """`experiment=ensemble_shift_frozen`'s RM: never refitted after the warm start, so its spread
+    on the unchanged held-out pairs is the same every round while the policy's samples change."""
+    exp = compose_cfg(["experiment=ensemble_shift_frozen"], hydra_config=True)
+    assert exp.rm.round.limit_train_batches == 0 and exp.rm.ensemble.size == 3
+    assert dict(exp.hydra.sweeper.params) == {"seed": "0,1,2,3,4", "game.apo_coeff": "0"}
+    cfg = compose_cfg(
+        [
+            "experiment=tiny",
+            "game.rounds=2",
+            "rm.ensemble.size=2",
+            "game.apo_coeff=0",
+            "+rm.round.limit_train_batches=0",
+        ],
+        run_dir=tmp_path / "run",
+    )
+    train(cfg)
+    rounds = json.loads((tmp_path / "run" / "summary.json").read_text())["rounds"]
+    assert len({r["rm/ensemble/std_val"] for r in rounds}) == 1
+    assert len({r["rm/val/acc"] for r in rounds}) == 1
+    assert len({r["rm/ensemble/std_test"] for r in rounds}) == 3  # the policy moved
+    assert rounds[-1]["steps/rm"] == rounds[0]["steps/rm"]
