@@ -36,6 +36,17 @@ PLAN = "auto:6,fsdp:6,ddp:6,auto:12,fsdp:12,ddp:12,auto:24,fsdp:24,ddp:24:1"
 GB, GIB = 1e9, 2**30
 
 
+def by_phase(rows: dict, suffix: str) -> dict[str, tuple[float, float]]:
+    """A per-rank phase metric (`perf/<phase><suffix>`) of a game's first two rounds, by phase:
+    (highest rank, lowest rank)."""
+    return {
+        k.split("/")[1]: (v, row.get(k + "_min", v))
+        for row in rows["rounds"][:2]
+        for k, v in row.items()
+        if k.startswith("perf/") and k.endswith(suffix)
+    }
+
+
 def measure(engine: str, layers: int, devices: int | None, extra: list[str], out: Path) -> dict:
     """One game of `engine` with `layers`-layer players: its phases' peaks per rank."""
     overrides = [
@@ -48,20 +59,9 @@ def measure(engine: str, layers: int, devices: int | None, extra: list[str], out
     res = run(engine, overrides, out)
     rows = json.loads((out / "summary.json").read_text())
     cfg = yaml.safe_load((out / ".hydra" / "config.yaml").read_text())
-    # phase -> (highest rank, lowest rank): the warm start from round 0, the rest from round 1
-    peaks = {
-        k.split("/")[1]: (v, row.get(k + "_min", v))
-        for row in rows["rounds"][:2]
-        for k, v in row.items()
-        if k.startswith("perf/") and k.endswith("/peak_rss_mb")
-    }
-    # what an offloading engine kept on the host (`apo.host_memory`): highest rank, lowest
-    offloaded = {
-        k.split("/")[1]: (v, row.get(k + "_min", v))
-        for row in rows["rounds"][:2]
-        for k, v in row.items()
-        if k.startswith("perf/") and k.endswith("/offloaded_mb")
-    }
+    # phase -> (highest rank, lowest rank): the warm start from round 0, the rest from round 1;
+    # and what an offloading engine kept on the host (`apo.host_memory`)
+    peaks, offloaded = by_phase(rows, "/peak_rss_mb"), by_phase(rows, "/offloaded_mb")
     weights = cfg["policy"]["generation"]["weights"]
     # the players' state files (~1.2 GB each at 308M per save) would fill the disk over a plan
     for f in [f for f in out.rglob("*") if f.is_file() and f.stat().st_size > 50 * 2**20]:
@@ -80,7 +80,7 @@ def measure(engine: str, layers: int, devices: int | None, extra: list[str], out
 def predicted(res: dict, base: float) -> dict:
     """The memory model's RM-fit peak per rank for a measured game."""
     cfg, storage = res["cfg"], res["rows"]["param_storage_bytes"]
-    world = len(storage["rm"])
+    n_ranks = world(res)
     sharded = ENGINES[res["strategy"]].copies_sharded
     # parameters of a player: its ranks' storage summed where the engine splits it
     params = {
@@ -101,7 +101,7 @@ def predicted(res: dict, base: float) -> dict:
     rm_seqs = 2 * int(cfg["rm"]["batch_size"]) + (1 + k) * int(cfg["rm"]["apo_batch_size"])
     policy_seqs = int(cfg["policy"]["batch_size"]) * int(cfg["objective"]["loss"].get("top_n", 1))
     fits = game_peak(
-        res["strategy"], world, policy, rm, policy_seqs * seq, rm_seqs * seq, base=base
+        res["strategy"], n_ranks, policy, rm, policy_seqs * seq, rm_seqs * seq, base=base
     )
     return {**fits["rm_fit"], "params": rm.params}
 
@@ -149,10 +149,14 @@ def tiny_base(run_dir: Path) -> float:
     return max(v for r in rows for k, v in r.items() if k.endswith("/peak_rss_mb")) * 2**20
 
 
+def world(r: dict) -> int:
+    """A game's ranks (a process count would also see DeepSpeed's compiler helpers)."""
+    return len(r["rows"]["param_storage_bytes"]["rm"])
+
+
 def per_process(r: dict) -> float:
     """A game's round-1 generation tokens/s per game rank."""
-    world = len(r["rows"]["param_storage_bytes"]["rm"])
-    return r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan")) / world
+    return r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan")) / world(r)
 
 
 def table(results: list[dict], base: float) -> str:
@@ -168,8 +172,6 @@ def table(results: list[dict], base: float) -> str:
     for r in results:
         model = predicted(r, base)
         p, m = r["peaks"], model["total"] / GIB
-        # the game's ranks (the process count also sees DeepSpeed's compiler helpers)
-        world = len(r["rows"]["param_storage_bytes"]["rm"])
         per_proc = per_process(r)
         a = autos.get(r["layers"])
         vs = per_process(a) / per_proc if a else None
@@ -178,7 +180,7 @@ def table(results: list[dict], base: float) -> str:
         off = r.get("offloaded", {}).get("rm_fit", (0, 0))
         device = " / ".join(f"{(x - o) / 1024:.2f}" for x, o in zip(p["rm_fit"], off))
         lines.append(
-            f"| {r['strategy']} ({world}){sharded} | {r['layers']} | {model['params'] / 1e6:.0f}M "
+            f"| {r['strategy']} ({world(r)}){sharded} | {r['layers']} | {model['params'] / 1e6:.0f}M "
             f"| {ranks(p, 'warm_start')} | {ranks(p, 'rm_fit')} | {m:.2f} "
             f"| {m * 1024 / p['rm_fit'][0]:.2f} | {ranks(p, 'policy_fit')} | {device} "
             f"| {per_proc:,.0f} | {'-' if vs is None else f'{vs:.2f}x'} |"
@@ -192,8 +194,7 @@ def generation(results: list[dict]) -> str:
     machine's cores, so only equal process counts compare."""
     groups: dict[tuple, list[float]] = {}
     for r in results:
-        world = len(r["rows"]["param_storage_bytes"]["rm"])
-        key = (r["strategy"], world, r["layers"], r.get("weights"))
+        key = (r["strategy"], world(r), r["layers"], r.get("weights"))
         groups.setdefault(key, []).append(per_process(r))
     base = {
         (w, n): statistics.median(v) for (e, w, n, _), v in groups.items() if e in ("ddp", "auto")
@@ -203,11 +204,11 @@ def generation(results: list[dict]) -> str:
         "| unsharded's / this |",
         "|---|---|---|---|---|---|",
     ]
-    for (engine, world, layers, weights), v in groups.items():
-        m, ref = statistics.median(v), base.get((world, layers))
+    for (engine, n_ranks, layers, weights), v in groups.items():
+        m, ref = statistics.median(v), base.get((n_ranks, layers))
         vs = f"{ref / m:.2f}x" if ref else "-"
         lines.append(
-            f"| {engine} ({world}) | {layers} | {weights} | {len(v)} "
+            f"| {engine} ({n_ranks}) | {layers} | {weights} | {len(v)} "
             f"| {m:,.1f} [{min(v):,.1f}-{max(v):,.1f}] | {vs} |"
         )
     return "\n".join(lines)

@@ -142,8 +142,8 @@ class GameLoop:
                 saving += time.perf_counter() - t1
                 if measured:
                     self.state.round_metrics[f"perf/{phase.name}/peak_rss_mb"] = peak_rss_mb()
-                    if offloaded_mb():
-                        self.state.round_metrics[f"perf/{phase.name}/offloaded_mb"] = offloaded_mb()
+                    if offloaded := offloaded_mb():
+                        self.state.round_metrics[f"perf/{phase.name}/offloaded_mb"] = offloaded
                 if stop and (r, phase) != schedule[-1]:
                     self.stop(stop, r, phase, finished=True)
         self.logger.close()
