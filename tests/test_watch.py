@@ -309,24 +309,47 @@ def test_ctrl_c_leaves_a_trace_naming_the_phase(tmp_path):
     assert progress["interrupted"] == {"round": 0, "phase": "warm_start", "by": "SIGINT"}
 
 
-def test_a_swallowed_ctrl_c_is_raised_again_at_the_next_step():
-    # Python's own handler, as in a terminal (a background job inherits SIGINT ignored)
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler, as in a terminal (a background job inherits SIGINT ignored)."""
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        _swallowed_ctrl_c_is_raised_again()
-    finally:
-        signal.signal(signal.SIGINT, before)
+    yield
+    signal.signal(signal.SIGINT, before)
 
 
-def _swallowed_ctrl_c_is_raised_again() -> None:
-    watch = GameWatch(OmegaConf.create({"progress": "lines", "progress_every_s": 1.0}), None)
+def _watch() -> GameWatch:
+    return GameWatch(OmegaConf.create({"progress": "lines", "progress_every_s": 1.0}), None)
+
+
+def test_ctrl_c_stops_at_the_next_step_not_where_it_lands(python_sigint, capfd):
+    watch = _watch()
     with watch._ctrl_c_noted():
-        try:  # a finalizer or a library's `except BaseException` that the Ctrl-C lands in
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)
-        except BaseException:
-            pass
         watch.start("policy/sft", 10)
-        with pytest.raises(KeyboardInterrupt, match="raised again"):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the step's work goes on: nothing is raised in the middle of it
+        with pytest.raises(KeyboardInterrupt, match="stopped at the step after it arrived"):
             watch.advance(1)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert "Ctrl-C: the game stops after this step" in capfd.readouterr().err
+
+
+def test_a_second_ctrl_c_stops_at_once(python_sigint):
+    watch = _watch()
+    with watch._ctrl_c_noted():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert watch.ctrl_c
+
+
+def test_ctrl_c_without_a_step_stops_after_the_grace_period(python_sigint, monkeypatch):
+    monkeypatch.setattr("apo.progress.CTRL_C_GRACE_S", 0.3)
+    watch = _watch()
+    t0 = time.perf_counter()
+    with watch._ctrl_c_noted():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(10)  # a long step that never reaches `advance`
+    assert 0.25 < time.perf_counter() - t0 < 5

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "rich", "lines", "off")
+#: seconds a Ctrl-C waits for the next step before it stops the game wherever it is
+CTRL_C_GRACE_S = 10.0
+CTRL_C_NOTE = (
+    f"\nCtrl-C: the game stops after this step (at once if none ends within {CTRL_C_GRACE_S:g} s;"
+    " Ctrl-C again to stop now)\n"
+)
 
 
 def resolve_mode(mode: str, stream: Any = None) -> str:
@@ -159,9 +165,8 @@ class GameWatch:
         """A step (or prediction batch) ended; `loss()` reads the latest loss, a host sync, so
         only for a progress line or the live view's twice-a-second reading."""
         if self.ctrl_c:
-            # the KeyboardInterrupt of a Ctrl-C can be swallowed where it lands (a finalizer, a
-            # library's `except BaseException`) and the game would play on: raise it again here
-            raise KeyboardInterrupt("Ctrl-C (raised again at the step after it arrived)")
+            # a Ctrl-C arrived during the step: stop here, between steps (see `_ctrl_c_noted`)
+            raise KeyboardInterrupt("Ctrl-C (stopped at the step after it arrived)")
         a = self.activity
         if a is None:
             return
@@ -222,26 +227,42 @@ class GameWatch:
 
     @contextmanager
     def _ctrl_c_noted(self) -> Iterator[None]:
-        """While the game plays, a Ctrl-C raises KeyboardInterrupt as Python's own handler does
-        and also sets `ctrl_c`, so that `advance` raises it again if it got lost."""
+        """While the game plays, a Ctrl-C stops it at the next step or prediction batch
+        (`advance` raises KeyboardInterrupt there), not wherever it lands: raised in the middle
+        of a library's bookkeeping (TensorBoard's writer queue, seen here) it can leave a lock or
+        a queue that the shutdown then waits on forever. A second Ctrl-C, or `CTRL_C_GRACE_S`
+        without a step, raises at once."""
         main = threading.current_thread() is threading.main_thread()
         if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             yield  # Ctrl-C is ignored or handled by someone else: leave it so
             return
+        timer: threading.Timer | None = None
 
         def on_sigint(signum: int, frame: Any) -> None:
+            nonlocal timer
+            if self.ctrl_c:
+                raise KeyboardInterrupt
             self.ctrl_c = True
-            raise KeyboardInterrupt
+            if self.rank_zero:  # os.write: no Python lock the interrupted code may hold
+                os.write(2, CTRL_C_NOTE.encode())
+            timer = threading.Timer(CTRL_C_GRACE_S, signal.pthread_kill, (main_id, signal.SIGINT))
+            timer.daemon = True
+            timer.start()
 
+        main_id = threading.main_thread().ident
         signal.signal(signal.SIGINT, on_sigint)
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            if timer is not None:
+                timer.cancel()
 
     @contextmanager
     def watch_phase(self, r: int, phase: Phase) -> Iterator[None]:
         """Round `r`'s `phase`: its line when it ends, a trace when it does not."""
+        if self.ctrl_c:  # it arrived between phases (while the game state was saved)
+            raise KeyboardInterrupt("Ctrl-C (stopped before the next phase)")
         self.current, self.fits, self.interrupt = (r, phase.name), [], None
         self.last_round = r
         self.phase_t0 = time.perf_counter()
