@@ -15,7 +15,16 @@ from apo.game.evaluation import Evaluator
 from apo.game.players import reward_module
 from apo.judges import TEST_RM_OBJECTIVE
 from apo.modules.backbones import build_sequence_classifier
-from apo.modules.ensemble import RMEnsemble, bag_mask, member_seeds, member_state, members
+from apo.modules.ensemble import (
+    RMEnsemble,
+    bag_mask,
+    member_scales,
+    member_seeds,
+    member_state,
+    members,
+    order_disagreement,
+    z_spread,
+)
 from apo.rewards import penalised
 from apo.train import train
 from tests.conftest import compose_cfg, sort_task
@@ -148,6 +157,38 @@ def test_disagreement_metrics_on_hand_made_predictions():
     )
 
 
+def test_offset_free_disagreement_ignores_the_members_offsets_and_scales():
+    # member 1 = 3 x member 0 + 5 everywhere: they agree about every response, yet their raw
+    # std is large; held-out responses give each member's offset and scale
+    val = [{"rewards_std": [1.0], "member_rewards": [[a, 3 * a + 5] for a in (0.0, 1.0, 2.0)]}]
+    test = [
+        {"rewards_std": [1.0], "member_rewards": [[a, 3 * a + 5] for a in (4.0, -1.0, 4.0)]}
+    ]
+    m = Evaluator.disagreement(test, val, None)
+    assert m["rm/ensemble/std_test"] > 0
+    assert m["rm/ensemble/zstd_test"] == pytest.approx(0.0, abs=1e-9)
+    assert m["rm/ensemble/zstd_val"] == pytest.approx(0.0, abs=1e-9)
+    assert m["rm/ensemble/order_test"] == 0.0 and m["rm/ensemble/order_val"] == 0.0
+    # the members order the test samples oppositely (the held-out ones alike)
+    test = [{"rewards_std": [1.0], "member_rewards": [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]}]
+    m = Evaluator.disagreement(test, val, None)
+    assert m["rm/ensemble/order_test"] == pytest.approx(1.0)
+    assert m["rm/ensemble/zstd_test"] > 0.5
+    assert math.isnan(m["rm/ensemble/order_ratio"])  # no disagreement on held-out: no ratio
+
+
+def test_order_disagreement_counts_member_pairs_and_skips_full_ties():
+    # 3 members: response 0 over 1 for two of them, under for one -> 2 of 3 member pairs differ;
+    # responses 1 and 2 are identical for every member (skipped)
+    rows = [[[2.0, 2.0, 0.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]]
+    # pairs (0,1) and (0,2) count, each 2/3; (1,2) is a full tie
+    assert order_disagreement(rows) == pytest.approx(2 / 3)
+    assert math.isnan(order_disagreement([[[1.0, 1.0], [1.0, 1.0]]]))
+    loc, scale = member_scales([[[0.0, 10.0], [2.0, 14.0]]])
+    assert loc.tolist() == [1.0, 12.0] and scale.tolist() == [1.0, 2.0]
+    assert z_spread([[[1.0, 12.0]]], loc, scale) == [0.0]
+
+
 def test_an_ensemble_game_reports_disagreement_shapes_rewards_and_exports_members(tmp_path: Path):
     kappa = 0.5
     cfg = compose_cfg(
@@ -168,6 +209,8 @@ def test_an_ensemble_game_reports_disagreement_shapes_rewards_and_exports_member
         assert r["rm/ensemble/std_ratio"] == pytest.approx(
             r["rm/ensemble/std_test"] / r["rm/ensemble/std_val"]
         )
+        assert r["rm/ensemble/zstd_test"] > 0 and r["rm/ensemble/zstd_val"] > 0
+        assert 0 <= r["rm/ensemble/order_test"] <= 1 and 0 < r["rm/ensemble/order_val"] <= 1
     assert rounds[1]["rm/ensemble/std_samples"] > 0
     rows = [json.loads(x) for x in (run / "rounds" / "round_01" / "samples.jsonl").open()]
     assert rows and all(

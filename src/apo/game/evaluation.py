@@ -17,6 +17,7 @@ from apo.game.players import Players
 from apo.game.trainers import Trainers
 from apo.judges import Judge
 from apo.metrics import mean, pairwise_agreement, std
+from apo.modules.ensemble import member_scales, order_disagreement, z_spread
 
 
 @dataclass
@@ -163,18 +164,35 @@ class Evaluator:
         """An RM ensemble's spread (mean std over its members) on the policy's test samples, on
         the held-out human responses, their ratio (above 1: the policy's samples are where the
         RM is unsure, an oracle-free sign of distribution shift) and on the round's training
-        samples of the policy split. Nothing for a single RM."""
+        samples of the policy split; the same free of the members' offsets and scales
+        (`zstd_*`: rewards standardised per member on the held-out responses; `order_*`: how
+        often two members order two responses of a prompt differently). Nothing for a single
+        RM."""
         if not test or "rewards_std" not in test[0]:
             return {}
+        ratio = lambda a, b: a / b if b > 0 else math.nan  # noqa: E731
         on_test = mean([x for s in test for x in s["rewards_std"]])
         on_val = mean([x for s in val for x in s["rewards_std"]])
         out = {
             "rm/ensemble/std_test": on_test,
             "rm/ensemble/std_val": on_val,
-            "rm/ensemble/std_ratio": on_test / on_val if on_val > 0 else math.nan,
+            "rm/ensemble/std_ratio": ratio(on_test, on_val),
         }
         if samples and "rm_std" in samples[0]:
             out["rm/ensemble/std_samples"] = mean([x for rec in samples for x in rec["rm_std"]])
+        if "member_rewards" in test[0] and val and "member_rewards" in val[0]:
+            t, v = ([s["member_rewards"] for s in recs] for recs in (test, val))
+            loc, scale = member_scales(v)
+            z_test, z_val = (mean(z_spread(rows, loc, scale)) for rows in (t, v))
+            o_test, o_val = order_disagreement(t), order_disagreement(v)
+            out |= {
+                "rm/ensemble/zstd_test": z_test,
+                "rm/ensemble/zstd_val": z_val,
+                "rm/ensemble/zstd_ratio": ratio(z_test, z_val),
+                "rm/ensemble/order_test": o_test,
+                "rm/ensemble/order_val": o_val,
+                "rm/ensemble/order_ratio": ratio(o_test, o_val),
+            }
         return out
 
     def chosen_rejected(self, val_rewards: list[list[float]]) -> dict[str, list[float]]:

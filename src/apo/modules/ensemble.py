@@ -4,6 +4,11 @@ scores with the members' mean, and their spread (std) measures how sure the RM i
 policy's shifted samples it should rise above its value on held-out human pairs (Secrets of RLHF
 Part II; an oracle-free distribution-shift monitor).
 
+A Bradley-Terry reward has no fixed offset or scale, so the raw std of the members' rewards mixes
+their disagreement about a response with the constant gap between their offsets. Two measures
+free of both: `z_spread` (each member's rewards standardised on the held-out human responses)
+and `order_disagreement` (how often two members order two responses of one prompt differently).
+
 A single RM is an ensemble of one: `members(model)` is `[model]`, so the RM module has one code
 path for both.
 """
@@ -76,3 +81,35 @@ def spread(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if rewards.shape[0] == 1:
         return rewards[0], torch.zeros_like(rewards[0])
     return rewards.mean(0), rewards.std(0, unbiased=False)
+
+
+def member_scales(rows: list[list[list[float]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each member's mean and std `[M]` over every response of `rows` (records, each a list of
+    responses, each a list of M member rewards): the held-out human responses."""
+    r = torch.tensor([x for rec in rows for x in rec], dtype=torch.float64)
+    return r.mean(0), r.std(0, unbiased=False).clamp(min=1e-12)
+
+
+def z_spread(
+    rows: list[list[list[float]]], loc: torch.Tensor, scale: torch.Tensor
+) -> list[float]:
+    """Per response, the std over members of `(r_m - loc_m) / scale_m`."""
+    r = torch.tensor([x for rec in rows for x in rec], dtype=torch.float64)
+    return ((r - loc) / scale).std(-1, unbiased=False).tolist()
+
+
+def order_disagreement(rows: list[list[list[float]]]) -> float:
+    """The chance that two distinct members order two responses of one record differently,
+    over every pair of a record's responses that some member does not tie (an exact tie for all
+    members, e.g. two identical samples, tells nothing). NaN without such a pair."""
+    total, n = 0.0, 0
+    for rec in rows:
+        r = torch.tensor(rec, dtype=torch.float64)  # [k, M]
+        m = r.shape[-1]
+        i, j = torch.triu_indices(r.shape[0], r.shape[0], 1)
+        sign = torch.sign(r[i] - r[j])  # [pairs, M]
+        keep = (sign != 0).any(-1)
+        up, down = (sign[keep] > 0).sum(-1), (sign[keep] < 0).sum(-1)
+        total += float((up * down).sum()) / (m * (m - 1) / 2)
+        n += int(keep.sum())
+    return total / n if n else float("nan")

@@ -151,14 +151,16 @@ class RewardModule(L.LightningModule):
 
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict[str, Any]]:
-        r, sd = self.listwise_spread(batch)
-        ensemble = len(members(self.model)) > 1
+        each = self.listwise_member_rewards(batch)
+        r, sd = spread(each)
+        ensemble = each.shape[0] > 1
         out = []
         for b, idx in enumerate(batch["index"].tolist()):
             n = int(batch["mask"][b].sum())
             rec = {"index": idx, "rewards": r[b, :n].tolist()}
-            if ensemble:  # the members' disagreement on each response
+            if ensemble:  # the members' disagreement on each response, and their own rewards
                 rec["rewards_std"] = sd[b, :n].tolist()
+                rec["member_rewards"] = each[:, b, :n].T.tolist()
             out.append(rec)
         return out
 
