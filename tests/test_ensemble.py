@@ -161,9 +161,7 @@ def test_offset_free_disagreement_ignores_the_members_offsets_and_scales():
     # member 1 = 3 x member 0 + 5 everywhere: they agree about every response, yet their raw
     # std is large; held-out responses give each member's offset and scale
     val = [{"rewards_std": [1.0], "member_rewards": [[a, 3 * a + 5] for a in (0.0, 1.0, 2.0)]}]
-    test = [
-        {"rewards_std": [1.0], "member_rewards": [[a, 3 * a + 5] for a in (4.0, -1.0, 4.0)]}
-    ]
+    test = [{"rewards_std": [1.0], "member_rewards": [[a, 3 * a + 5] for a in (4.0, -1.0, 4.0)]}]
     m = Evaluator.disagreement(test, val, None)
     assert m["rm/ensemble/std_test"] > 0
     assert m["rm/ensemble/zstd_test"] == pytest.approx(0.0, abs=1e-9)

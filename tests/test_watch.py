@@ -348,8 +348,7 @@ def test_ctrl_c_without_a_step_stops_after_the_grace_period(python_sigint, monke
     monkeypatch.setattr("apo.progress.CTRL_C_GRACE_S", 0.3)
     watch = _watch()
     t0 = time.perf_counter()
-    with watch._ctrl_c_noted():
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(10)  # a long step that never reaches `advance`
+    with watch._ctrl_c_noted(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(10)  # a long step that never reaches `advance`
     assert 0.25 < time.perf_counter() - t0 < 5

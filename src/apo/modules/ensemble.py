@@ -90,9 +90,7 @@ def member_scales(rows: list[list[list[float]]]) -> tuple[torch.Tensor, torch.Te
     return r.mean(0), r.std(0, unbiased=False).clamp(min=1e-12)
 
 
-def z_spread(
-    rows: list[list[list[float]]], loc: torch.Tensor, scale: torch.Tensor
-) -> list[float]:
+def z_spread(rows: list[list[list[float]]], loc: torch.Tensor, scale: torch.Tensor) -> list[float]:
     """Per response, the std over members of `(r_m - loc_m) / scale_m`."""
     r = torch.tensor([x for rec in rows for x in rec], dtype=torch.float64)
     return ((r - loc) / scale).std(-1, unbiased=False).tolist()
