@@ -220,3 +220,21 @@ def _late_stop(extra: int):
         return state["after"] < 0
 
     return stop
+
+
+@pytest.mark.parametrize("mixture", [0.0, 0.5])
+def test_a_prompt_run_once_for_its_samples_draws_what_running_every_copy_draws(lm, mixture):
+    """The prefill shared by a prompt's samples changes nothing: the same samples for a seed as
+    prefilling every copy (num_samples=1 on prompts repeated K times, the sampler before)."""
+    model, tok = lm
+    ref = build_causal_lm(model.config.__class__(**model.config.to_dict()), tok, seed=1).eval()
+    ids, att = pad_2d(_prompts(tok, ["381=", "38171299=", "7="]), tok.pad_token_id, left=True)
+    k, args = 5, (spec(8, 1.5, mixture), tok.eos_token_id, tok.pad_token_id)
+    torch.manual_seed(3)
+    shared = sample(model, ids, att, k, *args, ref_model=ref)
+    torch.manual_seed(3)
+    copies = sample(
+        model, ids.repeat_interleave(k, 0), att.repeat_interleave(k, 0), 1, *args, ref_model=ref
+    )
+    assert shared == [[row[0] for row in copies[i : i + k]] for i in range(0, len(copies), k)]
+    assert len({tuple(r) for rec in shared for r in rec}) > 3  # the samples do vary

@@ -1,7 +1,8 @@
 """Batched sampling with the KV cache, optionally from a geometric mixture with the reference.
 
-The cache is a buffer written in place (no copy of the whole cache per token), only the last
-position goes through the LM head at the prompt, finished rows leave the batch, and a token is
+The cache is a buffer written in place (no copy of the whole cache per token), each prompt is
+run once for all of its samples (its cache repeated after), only the last position goes
+through the LM head at the prompt, finished rows leave the batch, and a token is
 drawn by inverting its row's CDF at one uniform number. Dropping rows and the CDF draws change
 the random stream, so the samples of a seed are not those of the sampler before them, but are
 drawn from the same distribution (tests/test_sampling.py checks it against the model's exact
@@ -99,6 +100,13 @@ class _BufferLayer(DynamicLayer):
             self.keys = self.k_buf[:, :, : self.filled]
             self.values = self.v_buf[:, :, : self.filled]
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.k_buf = self.k_buf.repeat_interleave(repeats, 0)
+            self.v_buf = self.v_buf.repeat_interleave(repeats, 0)
+            self.keys = self.k_buf[:, :, : self.filled]
+            self.values = self.v_buf[:, :, : self.filled]
+
 
 def _cache(model: nn.Module, capacity: int) -> DynamicCache | None:
     """A cache of `_BufferLayer`s for models whose layers all attend to the whole sequence;
@@ -116,18 +124,28 @@ def _cache(model: nn.Module, capacity: int) -> DynamicCache | None:
 
 
 class _Stream:
-    """One model's incremental forward over the live rows of the batch."""
+    """One model's incremental forward over the live rows of the batch.
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, att: torch.Tensor, new: int) -> None:
+    The prompt is run once per prompt, not once per sample: its cache and last logits are then
+    repeated for the `repeats` samples of each prompt (a prompt's samples share its prefix), so
+    the prefill costs 1 / `repeats` of running every copy, with the same logits row by row."""
+
+    def __init__(
+        self, model: nn.Module, ids: torch.Tensor, att: torch.Tensor, new: int, repeats: int = 1
+    ) -> None:
         self.model = model
-        self.pos = (att.cumsum(-1) - 1).clamp(min=0)
-        kw = dict(input_ids=ids, attention_mask=att, position_ids=self.pos, use_cache=True)
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        kw = dict(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
         try:
             out = model(**kw, past_key_values=_cache(model, ids.shape[1] + new), logits_to_keep=1)
         except TypeError:  # a model's own code without `logits_to_keep`
             out = model(**kw)
         self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
-        self.pos = self.pos[:, -1:]
+        self.pos = pos[:, -1:]
+        if repeats > 1:
+            self.past.batch_repeat_interleave(repeats)
+            self.logits = self.logits.repeat_interleave(repeats, 0)
+            self.pos = self.pos.repeat_interleave(repeats, 0)
 
     def step(self, token: torch.Tensor, att: torch.Tensor) -> None:
         self.pos = self.pos + 1
@@ -172,11 +190,13 @@ def sample(
     top_k, top_p = spec.top_k, spec.top_p
     if mixture > 0 and ref_model is None:
         raise ValueError("mixture sampling needs the reference model")
+    streams = [_Stream(model, input_ids, attention_mask, max_new_tokens, num_samples)]
+    if mixture > 0:
+        streams.append(
+            _Stream(ref_model, input_ids, attention_mask, max_new_tokens, num_samples)
+        )
     ids = input_ids.repeat_interleave(num_samples, 0)
     att = attention_mask.repeat_interleave(num_samples, 0)
-    streams = [_Stream(model, ids, att, max_new_tokens)]
-    if mixture > 0:
-        streams.append(_Stream(ref_model, ids, att, max_new_tokens))
     n = ids.shape[0]
     # A sharded model gathers its weights in every forward, a collective: all ranks must run
     # the same number of steps, so they stop together when every rank's rows are done (and
