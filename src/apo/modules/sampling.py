@@ -16,6 +16,7 @@ mixture sampling of Nash-MD (Munos et al. 2023, Sec. 5) and IPO-MD (Calandriello
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from apo.distributed import sharding
+from apo.modules import shared_prefix
 
 #: finished rows leave the batch once they are at least 1 / DROP_AT of it (each drop copies
 #: the cache, so not at every finished row)
@@ -75,18 +77,27 @@ def _draw(probs: torch.Tensor) -> torch.Tensor:
 class _BufferLayer(DynamicLayer):
     """A KV-cache layer written in place into a buffer allocated once for the whole sample
     (prompt + `max_new_tokens`): each step writes one position and hands attention a view of
-    the filled part, where the dynamic cache concatenated (copied) the whole cache every step."""
+    the filled part, where the dynamic cache concatenated (copied) the whole cache every step.
 
-    def __init__(self, capacity: int) -> None:
+    The prompt comes in once per prompt and is written `repeats` times into the buffer, one row
+    per sample (no repeated copy of it beside the buffer); its own attention reads it as it
+    came."""
+
+    def __init__(self, capacity: int, repeats: int = 1) -> None:
         super().__init__()
-        self.capacity, self.filled = capacity, 0
+        self.capacity, self.repeats, self.filled = capacity, repeats, 0
 
     def update(self, key_states, value_states, *args, **kwargs):  # type: ignore[override]
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-            shape = (*key_states.shape[:2], self.capacity, key_states.shape[-1])
-            self.k_buf = key_states.new_empty(shape)
-            self.v_buf = value_states.new_empty((*shape[:3], value_states.shape[-1]))
+            b, h, t, d = key_states.shape
+            self.k_buf = key_states.new_empty((b * self.repeats, h, self.capacity, d))
+            self.v_buf = value_states.new_empty((b * self.repeats, h, self.capacity, d))
+            for buf, new in ((self.k_buf, key_states), (self.v_buf, value_states)):
+                buf.view(b, self.repeats, h, self.capacity, d)[:, :, :, :t] = new[:, None]
+            self.filled = t
+            self.keys, self.values = self.k_buf[:, :, :t], self.v_buf[:, :, :t]
+            return key_states, value_states
         end = self.filled + key_states.shape[-2]
         self.k_buf[:, :, self.filled : end] = key_states
         self.v_buf[:, :, self.filled : end] = value_states
@@ -101,14 +112,12 @@ class _BufferLayer(DynamicLayer):
             self.values = self.v_buf[:, :, : self.filled]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.is_initialized:
-            self.k_buf = self.k_buf.repeat_interleave(repeats, 0)
-            self.v_buf = self.v_buf.repeat_interleave(repeats, 0)
-            self.keys = self.k_buf[:, :, : self.filled]
-            self.values = self.v_buf[:, :, : self.filled]
+        """The prompt's samples are in the buffer already (`repeats` at construction)."""
+        if repeats != self.repeats:
+            raise ValueError(f"this cache holds {self.repeats} samples a prompt, not {repeats}")
 
 
-def _cache(model: nn.Module, capacity: int) -> DynamicCache | None:
+def _cache(model: nn.Module, capacity: int, repeats: int) -> DynamicCache | None:
     """A cache of `_BufferLayer`s for models whose layers all attend to the whole sequence;
     None (the model's own cache) for sliding-window or other layer kinds."""
     cfg = getattr(model, "config", None)
@@ -119,15 +128,16 @@ def _cache(model: nn.Module, capacity: int) -> DynamicCache | None:
     if not n_layers:
         return None
     cache = DynamicCache()
-    cache.layers = [_BufferLayer(capacity) for _ in range(n_layers)]
+    cache.layers = [_BufferLayer(capacity, repeats) for _ in range(n_layers)]
     return cache
 
 
 class _Stream:
     """One model's incremental forward over the live rows of the batch.
 
-    The prompt is run once per prompt, not once per sample: its cache and last logits are then
-    repeated for the `repeats` samples of each prompt (a prompt's samples share its prefix), so
+    The prompt is run once per prompt, not once per sample, and its keys and values are kept
+    once for its samples where the model allows (`apo.modules.shared_prefix`), else written
+    into each sample's row of a `_BufferLayer` cache (or the model's own cache repeated), so
     the prefill costs 1 / `repeats` of running every copy, with the same logits row by row."""
 
     def __init__(
@@ -136,10 +146,17 @@ class _Stream:
         self.model = model
         pos = (att.cumsum(-1) - 1).clamp(min=0)
         kw = dict(input_ids=ids, attention_mask=att, position_ids=pos, use_cache=True)
-        try:
-            out = model(**kw, past_key_values=_cache(model, ids.shape[1] + new), logits_to_keep=1)
-        except TypeError:  # a model's own code without `logits_to_keep`
-            out = model(**kw)
+        self.shared = shared_prefix.supports(model)
+        if self.shared:
+            cache = shared_prefix.SharedPrefixCache(model.config.num_hidden_layers, new, repeats)
+            kw["shared_prefix"] = cache
+        else:
+            cache = _cache(model, ids.shape[1] + new, repeats)
+        with self._attention():
+            try:
+                out = model(**kw, past_key_values=cache, logits_to_keep=1)
+            except TypeError:  # a model's own code without `logits_to_keep`
+                out = model(**kw)
         self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
         self.pos = pos[:, -1:]
         if repeats > 1:
@@ -147,15 +164,21 @@ class _Stream:
             self.logits = self.logits.repeat_interleave(repeats, 0)
             self.pos = self.pos.repeat_interleave(repeats, 0)
 
+    def _attention(self) -> AbstractContextManager:
+        return shared_prefix.enabled(self.model) if self.shared else nullcontext()
+
     def step(self, token: torch.Tensor, att: torch.Tensor) -> None:
         self.pos = self.pos + 1
-        out = self.model(
-            input_ids=token[:, None],
-            attention_mask=att,
-            position_ids=self.pos,
-            past_key_values=self.past,
-            use_cache=True,
-        )
+        kw = {"shared_prefix": self.past} if self.shared else {}
+        with self._attention():
+            out = self.model(
+                input_ids=token[:, None],
+                attention_mask=att,
+                position_ids=self.pos,
+                past_key_values=self.past,
+                use_cache=True,
+                **kw,
+            )
         self.past, self.logits = out.past_key_values, out.logits[:, -1].float()
 
     def keep(self, rows: torch.Tensor) -> None:
@@ -192,9 +215,7 @@ def sample(
         raise ValueError("mixture sampling needs the reference model")
     streams = [_Stream(model, input_ids, attention_mask, max_new_tokens, num_samples)]
     if mixture > 0:
-        streams.append(
-            _Stream(ref_model, input_ids, attention_mask, max_new_tokens, num_samples)
-        )
+        streams.append(_Stream(ref_model, input_ids, attention_mask, max_new_tokens, num_samples))
     ids = input_ids.repeat_interleave(num_samples, 0)
     att = attention_mask.repeat_interleave(num_samples, 0)
     n = ids.shape[0]
