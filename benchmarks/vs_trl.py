@@ -7,7 +7,9 @@
 Each (measure, cell, side, run) is its own process, so its peak RSS (VmHWM) is its own; the two
 sides alternate (TRL first in odd runs, here first in even ones) so that a change in the machine's
 load hits both. Both sides get the same pairs, the same models (built from `LlamaConfig`, nothing
-downloaded), the same batch and the same thread count.
+downloaded), the same batch, the same thread count and the same activation checkpointing: on by
+default, as TRL's trainers have it (`gradient_checkpointing=True`; the game's own default is
+off), `--checkpointing off` for both sides without.
 
 - `dpo_live` / `dpo_pre`: 256 pairs, prompt 32 + response 32 tokens, batch 8 pairs, 4 epochs
   (128 steps). TRL's DPOTrainer with the reference run in every step (`live`) or precomputed
@@ -48,7 +50,10 @@ CELLS = {
 MEASURES = ("dpo_live", "dpo_pre", "rm", "gen", "round")
 N_PAIRS, PROMPT, RESPONSE, BATCH, K = 256, 32, 32, 8, 4
 #: epochs of the fits (4 = 128 steps; `--epochs` changes it, for both sides alike)
-EPOCHS = int(os.environ.get("VS_TRL_EPOCHS", 4))
+EPOCHS = 4
+#: activation checkpointing in every fit, on both sides alike (`--checkpointing`): TRL's
+#: trainers checkpoint by default (`gradient_checkpointing=True`), the game does not
+CHECKPOINTING = True
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -126,10 +131,20 @@ def build_models(cell: str, tok, kind: str):
     cfg = model_config(cell, tok)
     if kind == "rm":
         cfg.num_labels = 1
-        return LlamaForSequenceClassification(cfg)
-    model = LlamaForCausalLM(cfg)
+        return checkpointed(LlamaForSequenceClassification(cfg))
+    model = checkpointed(LlamaForCausalLM(cfg))
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
+    return model
+
+
+def checkpointed(model):
+    """The model with activation checkpointing as `CHECKPOINTING` says (TRL's trainers switch it
+    on themselves from their args; enabling it twice is harmless)."""
+    from apo.modules.backbones import enable_activation_checkpointing
+
+    if CHECKPOINTING:
+        enable_activation_checkpointing(model)
     return model
 
 
@@ -144,7 +159,7 @@ def apo_parts(cell: str, precision: str, tok, measure: str, run_dir: Path):
     from apo.game.plan import build_plan
     from apo.game.players import Players, build_datamodule
     from apo.game.state import GameState
-    from apo.game.trainers import Trainers
+    from apo.game.trainers import Trainers, fix_mmap_threshold
     from apo.logger import GameTensorBoardLogger
 
     cfg = compose_config(
@@ -163,6 +178,7 @@ def apo_parts(cell: str, precision: str, tok, measure: str, run_dir: Path):
         ],
         run_dir=run_dir,
     )
+    fix_mmap_threshold(cfg.get("malloc_mmap_threshold_kb"))  # as `apo.train.run_game` does
     data = GameData(
         human_train=[ListwiseItem(p, [c, r], [1.0, 0.0]) for p, c, r in pairs(len(tok))],
         policy_prompts=[p for p, _, _ in pairs(len(tok))],
@@ -246,6 +262,7 @@ def trl_args(kind: str, precision: str, out: Path, **kw):
         dataloader_num_workers=0,
         max_length=None,
         seed=0,
+        gradient_checkpointing=CHECKPOINTING,
         **kw,
     )
 
@@ -332,8 +349,15 @@ def warm_game(precision: str, run_dir: Path, cache: Path):
     from apo.api import compose_config
     from apo.game.loop import GameLoop
 
+    ckpt = f"activation_checkpointing={str(CHECKPOINTING).lower()}"
     cfg = compose_config(
-        [*ROUND, f"trainer.precision={precision}", f"game.warm_start_cache={cache}"],
+        [
+            *ROUND,
+            f"trainer.precision={precision}",
+            f"game.warm_start_cache={cache}",
+            f"policy.{ckpt}",
+            f"rm.{ckpt}",
+        ],
         run_dir=run_dir,
     )
     game = GameLoop(cfg)
@@ -342,6 +366,9 @@ def warm_game(precision: str, run_dir: Path, cache: Path):
 
 
 def apo_round(game) -> dict:
+    from apo.game.trainers import fix_mmap_threshold
+
+    fix_mmap_threshold(game.cfg.get("malloc_mmap_threshold_kb"))  # as `apo.train.run_game` does
     t0 = start_clock()
     for name in ROUND_PHASES:
         game.play(1, name)
@@ -496,6 +523,10 @@ def run_one(side, measure, cell, precision, threads, cache) -> dict:
         str(threads),
         "--cache",
         str(cache),
+        "--epochs",
+        str(EPOCHS),
+        "--checkpointing",
+        "on" if CHECKPOINTING else "off",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -510,7 +541,7 @@ def stats(values: list[float]) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    global EPOCHS
+    global EPOCHS, CHECKPOINTING
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cells", default="tiny-fp32,small-fp32,small-bf16")
@@ -520,9 +551,15 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="write every run's numbers here")
     ap.add_argument("--table", default=None, help="only print the table of a --json file")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of the fits (4 = 128 steps)")
+    ap.add_argument(
+        "--checkpointing",
+        choices=("on", "off"),
+        default="on",
+        help="activation checkpointing on both sides (on: TRL's default)",
+    )
     ap.add_argument("--one", nargs=4, metavar=("SIDE", "MEASURE", "CELL", "PRECISION"))
     a = ap.parse_args()
-    EPOCHS = a.epochs
+    EPOCHS, CHECKPOINTING = a.epochs, a.checkpointing == "on"
     if a.one:
         print(json.dumps(one(*a.one, a.threads, Path(a.cache))))
         return
@@ -552,7 +589,8 @@ def main() -> None:
     load1 = os.getloadavg()
     print(
         f"\n{a.runs} runs per side, interleaved, {a.threads} threads, fits of {EPOCHS} epochs "
-        f"({N_PAIRS // BATCH * EPOCHS} steps); load average "
+        f"({N_PAIRS // BATCH * EPOCHS} steps), activation checkpointing {a.checkpointing}; "
+        "load average "
         f"{load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at the start, "
         f"{load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f} at the end\n"
     )

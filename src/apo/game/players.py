@@ -3,7 +3,6 @@ tokenizers), the DataModule they share, and the one place that wraps them in Lig
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,7 +106,9 @@ class Players:
         else:
             self.ref = plain_copy(self.policy, self.skeleton).eval()
         if old is not None and sharding(old) is None:
-            old.to("meta")  # a replaced reference (`game.reference: round`): as in `restart_rm`
+            # a replaced reference (`game.reference: round`): finished Trainers, alive until the
+            # cyclic collector runs, still refer to it: free its weights now
+            old.to("meta")
         self.ref.requires_grad_(False)
 
     def snapshot_rm_base(self) -> None:
@@ -117,17 +118,14 @@ class Players:
         self.rm_base = LocalShards(self.rm) if sharded else plain_copy(self.rm, self.rm_skeleton)
 
     def restart_rm(self) -> None:
-        """The RM becomes the warm-start RM again: a fresh copy of it (which the next fit
-        shards anew), or its shards written back in place into the sharded RM."""
+        """The RM becomes the warm-start RM again: the base RM's weights (or, sharded, its
+        shards) written back in place into the RM, so no second copy is made beside it."""
         if self.rm_base is None:
             raise RuntimeError("restart_rm before the warm start kept the base RM")
         if isinstance(self.rm_base, LocalShards):
             self.rm_base.restore(self.rm)
         else:
-            old, self.rm = self.rm, copy.deepcopy(self.rm_base)
-            # the last round's RM is dropped, but the Trainers that used it live until Python's
-            # cyclic collector runs and still refer to it: free its weights now
-            old.to("meta")
+            self.rm.load_state_dict(self.rm_base.state_dict())
 
     def full_state(self, name: str) -> dict[str, torch.Tensor]:
         """The full weights of `models()[name]` on rank 0 (a collective when sharded)."""

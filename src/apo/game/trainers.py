@@ -148,7 +148,7 @@ def detach(module: L.LightningModule, trainer: L.Trainer) -> None:
     the module (a later `fit` / `predict` connects them again). A Trainer refers to itself (its
     loops), so it lives until Python's cyclic collector runs; its loops and data connector
     still know the module, so a player that is replaced is emptied where it is dropped
-    (`Players.restart_rm`)."""
+    (`Players.snapshot_reference`)."""
     module.trainer = None
     trainer.strategy._lightning_module = None
     trainer.strategy._model = None

@@ -240,11 +240,17 @@ def build_player(
         else:
             model = load_sequence_classifier(d, tokenizer, key, seed, trust)
     if cfg.get("activation_checkpointing"):
-        # non-reentrant: recomputes correctly when only adapters (LoRA) or the head train
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(model)
     model = add_lora(model, cfg.get("lora"), f"{kind}.lora", "score" if kind == "rm" else None)
     return model, tokenizer
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward instead of keeping them
+    (`<player>.activation_checkpointing`); non-reentrant, which recomputes correctly when only
+    adapters (LoRA) or the head train."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
