@@ -14,6 +14,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from apo.distributed import sharding
+from apo.monitors import logs_this_step
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class FiniteGuard(L.Callback):
         norm = float(sq.sqrt())
         if not trainer.strategy.reduce_boolean_decision(math.isfinite(norm), all=True):
             raise DivergenceError(f"{self._where(trainer)}: non-finite gradient; " + RESUME_HINT)
-        pl_module.log(f"{self.log_prefix}/grad_norm", norm, on_step=True, on_epoch=False)
+        if logs_this_step(trainer):  # every step checks, the written steps log
+            pl_module.log(f"{self.log_prefix}/grad_norm", norm, on_step=True, on_epoch=False)
 
 
 def check_finite(values: Iterable[float], what: str) -> None:

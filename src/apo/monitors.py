@@ -20,6 +20,21 @@ def logs_this_step(trainer: L.Trainer) -> bool:
     return bool(trainer._logger_connector.should_update_logs)
 
 
+def log_step(module: L.LightningModule, logs: dict[str, Any], batch_size: int) -> None:
+    """A training step's numbers as `<log_prefix>/<name>`, through Lightning's `log_dict` on the
+    steps whose logs are written and on the fit's last step (whose values the game reads back
+    from `callback_metrics`). Lightning's `log` costs a few hundred microseconds a value (it
+    deep-copies its metadata): 6 % of a default-game policy fit when every step logged."""
+    trainer = module._trainer  # None outside a fit: log as Lightning would
+    if (
+        trainer is None
+        or logs_this_step(trainer)
+        or trainer.global_step + 1 >= trainer.estimated_stepping_batches
+    ):
+        prefix = module.log_prefix
+        module.log_dict({f"{prefix}/{k}": v for k, v in logs.items()}, batch_size=batch_size)
+
+
 def count_tokens(batch: Any) -> torch.Tensor | int:
     """Tokens a training batch feeds the model: the sum of every `attention_mask` in it (the
     RM's batches nest the human and APO items). A tensor on the batch's device: no sync."""

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apo.distributed import sharding
+from apo.modules.packing import hidden_states
 
 #: vocabularies above this are projected `VOCAB_CHUNK` rows of the head at a time
 VOCAB_CHUNK = 8192
@@ -174,15 +175,18 @@ def per_token_logps(
     loss_mask: torch.Tensor,
     entropy: bool = False,
     chunk: int = VOCAB_CHUNK,
+    group: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`[N, T - 1]` log-likelihood of each next token that `loss_mask[:, 1:]` marks (zero
     elsewhere) and, with `entropy`, the entropy of the distribution it was drawn from (else
-    None). Only the positions that predict a `loss_mask` token go through the LM head."""
+    None). Only the positions that predict a `loss_mask` token go through the LM head. Rows
+    in items of `group` consecutive rows that share their prompt run it once
+    (`apo.modules.packing`)."""
     split = _head_of(model)
     if split is None:
         return _full_token_logps(model, input_ids, attention_mask, loss_mask, entropy)
     decoder, head = split
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+    hidden = hidden_states(decoder, input_ids, attention_mask, group)
     m = loss_mask[:, 1:].bool()
     rows, cols = m.nonzero(as_tuple=True)
     # position t predicts token t + 1: the hidden states before each response token
@@ -203,10 +207,13 @@ def sequence_logps(
     loss_mask: torch.Tensor,
     entropy: bool = False,
     chunk: int = VOCAB_CHUNK,
+    group: int = 1,
 ) -> tuple[torch.Tensor, ...]:
     """Summed log-likelihood of the `loss_mask` tokens of each row `[N, T]` and their count;
     with `entropy`, also the summed entropy of the model's next-token distributions there."""
-    tok_logp, tok_ent = per_token_logps(model, input_ids, attention_mask, loss_mask, entropy, chunk)
+    tok_logp, tok_ent = per_token_logps(
+        model, input_ids, attention_mask, loss_mask, entropy, chunk, group
+    )
     # summed per row over `[N, T - 1]`: the full path's reduction, bit for bit
     counts = loss_mask[:, 1:].bool().sum(-1).to(tok_logp.dtype)
     if tok_ent is None:

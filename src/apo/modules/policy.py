@@ -14,7 +14,7 @@ from apo.distributed import plain_copy, sharding
 from apo.losses.objectives import PolicyObjective
 from apo.modules.logps import sequence_logps
 from apo.modules.sampling import SamplingSpec, sample
-from apo.monitors import logs_this_step
+from apo.monitors import log_step, logs_this_step
 from apo.strategies import build_optimizer, shard
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class PolicyModule(L.LightningModule):
             batch["attention_mask"].view(B * k, T),
             batch["loss_mask"].view(B * k, T),
             entropy=entropy,
+            group=k,
         )
         return tuple(t.view(B, k) for t in out)
 
@@ -123,7 +124,7 @@ class PolicyModule(L.LightningModule):
         loss, stats = self.objective.loss(logps, ref_logps, batch["scores"], batch["mask"], lengths)
         logs = {"loss": loss, **stats, **_fit_stats(logps, ref_logps, batch["mask"], lengths, ent)}
         bs = batch["input_ids"].shape[0]
-        self.log_dict({f"{self.log_prefix}/{k}": v for k, v in logs.items()}, batch_size=bs)
+        log_step(self, logs, bs)
         return loss
 
     def on_predict_start(self) -> None:

@@ -11,6 +11,8 @@ from torch import nn
 
 from apo.losses.rm_objective import RMObjective
 from apo.modules.ensemble import bag_mask, members, spread
+from apo.modules.packing import hidden_states
+from apo.monitors import log_step
 from apo.strategies import build_optimizer, shard
 
 POOLINGS = ("last", "eos", "average", "max")
@@ -71,16 +73,23 @@ class RewardModule(L.LightningModule):
         """Rewards for right-padded sequences `[N, T]` -> `[N]` (an ensemble's mean)."""
         return spread(self.member_rewards(input_ids, attention_mask))[0]
 
-    def member_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Each member's rewards `[M, N]` (M = 1 for a single RM)."""
+    def member_rewards(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, group: int = 1
+    ) -> torch.Tensor:
+        """Each member's rewards `[M, N]` (M = 1 for a single RM); rows in items of `group`
+        consecutive rows that share their prompt run it once (`apo.modules.packing`)."""
         return torch.stack(
-            [self._pooled(m, input_ids, attention_mask) for m in members(self.model)]
+            [self._pooled(m, input_ids, attention_mask, group) for m in members(self.model)]
         )
 
     def _pooled(
-        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        group: int = 1,
     ) -> torch.Tensor:
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask)[0]
+        hidden = hidden_states(model.base_model, input_ids, attention_mask, group)
         values = model.score(hidden).squeeze(-1).float()
         m = attention_mask.bool()
         if self.pooling in ("last", "eos"):
@@ -107,7 +116,7 @@ class RewardModule(L.LightningModule):
         """Each member's rewards of a listwise batch `[M, B, k]`."""
         B, k, T = batch["input_ids"].shape
         r = self.member_rewards(
-            batch["input_ids"].view(B * k, T), batch["attention_mask"].view(B * k, T)
+            batch["input_ids"].view(B * k, T), batch["attention_mask"].view(B * k, T), group=k
         )
         return r.view(-1, B, k)
 
@@ -146,7 +155,7 @@ class RewardModule(L.LightningModule):
         loss = torch.stack(losses).mean()
         logs["loss"] = loss.detach()
         bs = human["input_ids"].shape[0]
-        self.log_dict({f"{self.log_prefix}/{k}": v for k, v in logs.items()}, batch_size=bs)
+        log_step(self, logs, bs)
         return loss
 
     @torch.no_grad()
