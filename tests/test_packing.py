@@ -59,7 +59,7 @@ def test_common_prefix_of_hand_made_items():
     assert common_prefix(ids, att).tolist() == [2, 2]
     pack = Packing(ids, att)
     # item 0: the prefix [5, 6] once, then [7, 8] and [9]
-    assert pack.ids[0, :5].tolist() == [5, 6, 7, 8, 9] and pack.length.tolist() == [5, 2]
+    assert pack.ids[0, :5].tolist() == [5, 6, 7, 8, 9] and pack.item_length == [5, 2]
     assert pack.positions[0, :5].tolist() == [0, 1, 2, 3, 2]
     m = pack.mask[0, 0]
     assert m[4, :5].tolist() == [True, True, False, False, True]  # 9 sees the prefix and itself
@@ -126,3 +126,22 @@ def test_rows_run_as_rows_where_packing_costs_more_or_the_attention_takes_no_mas
     assert calls[-1] == 2
     dec.config._attn_implementation = "flash_attention_2"  # no custom masks
     assert packing._mask_kind(dec) is None
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_items_sharing_a_row_see_only_themselves(group):
+    """Several items (or single sequences, as the warm start's demonstrations) in one row: each
+    token's hidden state is still its own row's."""
+    torch.manual_seed(0)
+    dec = LlamaForCausalLM(LlamaConfig(**CFG)).get_decoder()
+    ids, att = _rows()
+    pack = Packing(ids.view(-1, group, ids.shape[1]), att.view(-1, group, ids.shape[1]), 10**4)
+    assert pack.ids.shape[0] == 1  # every item in one row
+    out = dec(input_ids=pack.ids, attention_mask=pack.mask, position_ids=pack.positions)[0]
+    valid = att.bool()
+    plain = dec(input_ids=ids, attention_mask=att)[0]
+    torch.testing.assert_close(pack.unpack(out)[valid], plain[valid], atol=1e-5, rtol=0)
+    # padding-free, and an item's prompt once: the row holds each distinct token once
+    distinct = sum(pack.item_length)
+    assert pack.ids.shape[1] == distinct
+    assert distinct < int(att.sum()) if group > 1 else distinct == int(att.sum())
