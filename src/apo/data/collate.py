@@ -163,20 +163,29 @@ class ListwiseCollator:
         width = max(len(s) for it in items for s in it["seqs"])
         B = len(items)
         pad_id = items[0].get("pad_id", self.pad_id)
-        ids = torch.full((B, k, width), pad_id, dtype=torch.long)
-        att = torch.zeros((B, k, width), dtype=torch.long)
-        loss_mask = torch.zeros((B, k, width), dtype=torch.long)
+        # every sequence's tokens in one tensor, written into their rows through a mask
+        rows = [b * k + j for b, it in enumerate(items) for j in range(len(it["seqs"]))]
+        seqs = [s for it in items for s in it["seqs"]]
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        prompt = torch.tensor([it["prompt_len"] for it in items for _ in it["seqs"]])
+        t = torch.arange(width)[None]
+        filled = t < lengths[:, None]  # [rows, width]
+        ids = torch.full((B * k, width), pad_id, dtype=torch.long)
+        sub = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        sub[filled] = torch.tensor([x for s in seqs for x in s], dtype=torch.long)
+        att = torch.zeros((B * k, width), dtype=torch.long)
+        loss_mask = torch.zeros((B * k, width), dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long)
+        ids[idx], att[idx] = sub, filled.long()
+        loss_mask[idx] = (filled & (t >= prompt[:, None])).long()
+        ids, att, loss_mask = (x.view(B, k, width) for x in (ids, att, loss_mask))
+        mask = torch.zeros(B * k, dtype=torch.bool)
+        mask[idx] = True
+        mask = mask.view(B, k)
         scores = torch.zeros((B, k), dtype=torch.float32)
-        mask = torch.zeros((B, k), dtype=torch.bool)
         has_ref = all("ref_logps" in it for it in items)
         ref = torch.zeros((B, k), dtype=torch.float32)
         for b, it in enumerate(items):
-            for j, seq in enumerate(it["seqs"]):
-                n = len(seq)
-                ids[b, j, :n] = torch.tensor(seq, dtype=torch.long)
-                att[b, j, :n] = 1
-                loss_mask[b, j, it["prompt_len"] : n] = 1
-                mask[b, j] = True
             scores[b, : len(it["scores"])] = torch.tensor(it["scores"], dtype=torch.float32)
             if has_ref:
                 ref[b, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
