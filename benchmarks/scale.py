@@ -3,6 +3,7 @@
     python benchmarks/scale.py                                  # the plan below, ~45 min
     SCALE_PLAN=fsdp:24,ddp:24:1 python benchmarks/scale.py     # engine:layers[:processes]
     SCALE_PLAN=fsdp:24/policy.generation.weights=sharded ...   # /: overrides of one game
+    SCALE_PLAN=auto:24*2,fsdp:24 python benchmarks/scale.py    # *2: two games side by side
     python benchmarks/scale.py --project                        # only the 1B/7B/70B table
 
 Each `engine:layers` plays `experiment=scale` (two Llama players of 1024 width; 24 layers are
@@ -22,6 +23,7 @@ import os
 import statistics
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -190,26 +192,28 @@ def table(results: list[dict], base: float) -> str:
 
 def generation(results: list[dict]) -> str:
     """Generation tokens/s per process, median [min-max] over a plan's repeated games, against
-    the unsharded engine (`ddp`, or `auto`) with as many processes: the processes share this
-    machine's cores, so only equal process counts compare."""
+    `auto` and `ddp` with as many processes on the machine (`auto:L*2`: two one-process games
+    side by side): the processes share this machine's cores, so only equal counts compare."""
     groups: dict[tuple, list[float]] = {}
     for r in results:
-        key = (r["strategy"], world(r), r["layers"], r.get("weights"))
+        key = (r["strategy"], world(r), r.get("beside", 1), r["layers"], r.get("weights"))
         groups.setdefault(key, []).append(per_process(r))
-    base = {
-        (w, n): statistics.median(v) for (e, w, n, _), v in groups.items() if e in ("ddp", "auto")
-    }
+    # (engine, processes on the machine, layers) -> median tok/s per process
+    base = {(e, w * b, n): statistics.median(v) for (e, w, b, n, _), v in groups.items()}
     lines = [
         "| engine (processes) | layers | weights | runs | tok/s per process, median [min-max] "
-        "| unsharded's / this |",
-        "|---|---|---|---|---|---|",
+        "| auto's / this | ddp's / this |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (engine, n_ranks, layers, weights), v in groups.items():
-        m, ref = statistics.median(v), base.get((n_ranks, layers))
-        vs = f"{ref / m:.2f}x" if ref else "-"
+    for (engine, n_ranks, beside, layers, weights), v in groups.items():
+        m = statistics.median(v)
+        vs = [base.get((e, n_ranks * beside, layers)) for e in ("auto", "ddp")]
+        side = f" x {beside} side by side" if beside > 1 else ""
         lines.append(
-            f"| {engine} ({n_ranks}) | {layers} | {weights} | {len(v)} "
-            f"| {m:,.1f} [{min(v):,.1f}-{max(v):,.1f}] | {vs} |"
+            f"| {engine} ({n_ranks}){side} | {layers} | {weights} | {len(v)} "
+            f"| {m:,.1f} [{min(v):,.1f}-{max(v):,.1f}] | "
+            + " | ".join(f"{ref / m:.2f}x" if ref else "-" for ref in vs)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -234,15 +238,29 @@ def main() -> None:
     results = []
     for i, item in enumerate(os.environ.get("SCALE_PLAN", PLAN).split(",")):
         spec, *own = item.split("/")
+        spec, _, beside = spec.partition("*")
         engine, layers, *devices = spec.split(":")
-        n = int(devices[0]) if devices else None
-        try:
-            res = measure(engine, int(layers), n, [*a.extra, *own], tmp / f"{i}-{engine}-{layers}")
-        except RuntimeError as err:  # one game's failure (e.g. out of memory) ends only its row
-            print(f"  {item}: failed: {str(err)[-600:]}", file=sys.stderr, flush=True)
-            continue
-        results.append(res)
-        print(f"  {item}: {res['peaks']}", file=sys.stderr, flush=True)
+        n, copies = (int(devices[0]) if devices else None), int(beside or 1)
+        # several copies of a game start together (a baseline under the same load)
+        with ThreadPoolExecutor(copies) as pool:
+            jobs = [
+                pool.submit(
+                    measure, engine, int(layers), n, [*a.extra, *own], tmp / f"{i}-{c}-{engine}"
+                )
+                for c in range(copies)
+            ]
+            try:
+                batch = [{**job.result(), "beside": copies} for job in jobs]
+            except RuntimeError as err:  # a game's failure (e.g. out of memory) ends its row
+                print(f"  {item}: failed: {str(err)[-600:]}", file=sys.stderr, flush=True)
+                continue
+        results.extend(batch)
+        for res in batch:
+            print(
+                f"  {item}: {res['peaks']} {per_process(res):.1f} tok/s",
+                file=sys.stderr,
+                flush=True,
+            )
         (tmp / "results.json").write_text(json.dumps(results, indent=1, default=str))
     print(table(results, base))
     print("\ngeneration (round 1):\n\n" + generation(results))
