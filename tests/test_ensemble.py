@@ -182,6 +182,11 @@ def test_order_disagreement_counts_member_pairs_and_skips_full_ties():
     # pairs (0,1) and (0,2) count, each 2/3; (1,2) is a full tie
     assert order_disagreement(rows) == pytest.approx(2 / 3)
     assert math.isnan(order_disagreement([[[1.0, 1.0], [1.0, 1.0]]]))
+    # one response sampled twice, scored with float noise: its two copies' "order" is noise
+    noisy = [[[2.0, 2.0, 2.0], [1.0, 1.0 + 1e-7, 1.0 - 1e-7], [1.0 - 1e-7, 1.0, 1.0 + 1e-7]]]
+    assert order_disagreement(noisy) == pytest.approx(2 / 9)  # (1,2): 2 of 3 member pairs
+    assert order_disagreement(noisy, [[[5, 6], [7], [7]]]) == 0.0
+    assert order_disagreement(noisy, [None]) == order_disagreement(noisy)
     loc, scale = member_scales([[[0.0, 10.0], [2.0, 14.0]]])
     assert loc.tolist() == [1.0, 12.0] and scale.tolist() == [1.0, 2.0]
     assert z_spread([[[1.0, 12.0]]], loc, scale) == [0.0]

@@ -121,7 +121,9 @@ class Evaluator:
         }
         # decoding-time alignment: the judge's score of the RM's best of the N test samples
         m[keys.best_of_n] = mean([_rm_pick(rec) for rec in test])
-        m.update(self.disagreement(scores, val, samples.get("policy") if r > 0 else None))
+        # each test record's responses beside its scores: the order measure skips identical ones
+        scored = [{**sc, "responses": rec["responses"]} for sc, rec in zip(scores, test)]
+        m.update(self.disagreement(scored, val, samples.get("policy") if r > 0 else None))
         if keys.exact_match:
             m[keys.exact_match] = mean([float(o == 1.0) for o in flat("judge")])
         if r > 0:
@@ -166,8 +168,8 @@ class Evaluator:
         RM is unsure, an oracle-free sign of distribution shift) and on the round's training
         samples of the policy split; the same free of the members' offsets and scales
         (`zstd_*`: rewards standardised per member on the held-out responses; `order_*`: how
-        often two members order two responses of a prompt differently). Nothing for a single
-        RM."""
+        often two members order two distinct responses of a prompt differently). Nothing for a
+        single RM."""
         if not test or "rewards_std" not in test[0]:
             return {}
         ratio = lambda a, b: a / b if b > 0 else math.nan  # noqa: E731
@@ -184,7 +186,10 @@ class Evaluator:
             t, v = ([s["member_rewards"] for s in recs] for recs in (test, val))
             loc, scale = member_scales(v)
             z_test, z_val = (mean(z_spread(rows, loc, scale)) for rows in (t, v))
-            o_test, o_val = order_disagreement(t), order_disagreement(v)
+            o_test, o_val = (
+                order_disagreement(rows, [s.get("responses") for s in recs])
+                for rows, recs in ((t, test), (v, val))
+            )
             out |= {
                 "rm/ensemble/zstd_test": z_test,
                 "rm/ensemble/zstd_val": z_val,

@@ -16,6 +16,7 @@ path for both.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import nn
@@ -96,17 +97,25 @@ def z_spread(rows: list[list[list[float]]], loc: torch.Tensor, scale: torch.Tens
     return ((r - loc) / scale).std(-1, unbiased=False).tolist()
 
 
-def order_disagreement(rows: list[list[list[float]]]) -> float:
+def order_disagreement(
+    rows: list[list[list[float]]], responses: list[list[Any] | None] | None = None
+) -> float:
     """The chance that two distinct members order two responses of one record differently,
     over every pair of a record's responses that some member does not tie (an exact tie for all
-    members, e.g. two identical samples, tells nothing). NaN without such a pair."""
+    members tells nothing) and, where `responses` gives each response's tokens, that are not the
+    same response: one response scored twice differs only by float noise (another place in a
+    packed row, another batch), and its "order" is a coin flip. NaN without such a pair."""
     total, n = 0.0, 0
-    for rec in rows:
+    for idx, rec in enumerate(rows):
         r = torch.tensor(rec, dtype=torch.float64)  # [k, M]
         m = r.shape[-1]
         i, j = torch.triu_indices(r.shape[0], r.shape[0], 1)
         sign = torch.sign(r[i] - r[j])  # [pairs, M]
         keep = (sign != 0).any(-1)
+        resp = responses[idx] if responses is not None else None
+        if resp is not None:
+            keys = [tuple(x) if isinstance(x, list) else x for x in resp]
+            keep &= torch.tensor([keys[a] != keys[b] for a, b in zip(i.tolist(), j.tolist())])
         up, down = (sign[keep] > 0).sum(-1), (sign[keep] < 0).sum(-1)
         total += float((up * down).sum()) / (m * (m - 1) / 2)
         n += int(keep.sum())
