@@ -220,6 +220,12 @@ def test_an_ensemble_game_reports_disagreement_shapes_rewards_and_exports_member
         row["rm_score"] == pytest.approx(row["rm_mean"] - kappa * row["rm_std"]) for row in rows
     )
     assert any(row["rm_std"] > 0 for row in rows)
+    # every member's reward of every sample, training and test: their mean is the ensemble's
+    evals = [json.loads(x) for x in (run / "rounds" / "round_01" / "eval_samples.jsonl").open()]
+    for row in rows + evals:
+        assert len(row["rm_members"]) == 3
+        mean = row["rm_mean"] if "rm_mean" in row else row["rm_score"]
+        assert sum(row["rm_members"]) / 3 == pytest.approx(mean, abs=1e-5)
     # each member is a transformers checkpoint of its own, and the members differ
     loaded = [
         AutoModelForSequenceClassification.from_pretrained(run / "final" / "rm" / f"member_{i}")

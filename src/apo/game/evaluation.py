@@ -99,6 +99,8 @@ class Evaluator:
                 j,
             )
             rec["entropy"], rec["lengths"] = lps["entropy"], lps["lengths"]
+            if "member_rewards" in sc:  # an RM ensemble: each member's reward of each sample
+                rec["rm_members"] = sc["member_rewards"]
         val_rewards = [v["rewards"] for v in val]
         val_scores = [it.scores for it in data.human_val]
         calib = self.calibration(val_rewards, val_scores)

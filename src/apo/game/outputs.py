@@ -131,6 +131,8 @@ class RoundWriter:
                     if "rm_std" in rec
                     else {}
                 ),
+                # and each member's own reward (the order of two samples by member, per member)
+                **({"rm_members": rec["rm_members"][j]} if rec.get("rm_members") else {}),
             }
             for rec in recs
             for j, t in enumerate(rec["texts"])

@@ -248,6 +248,7 @@ def score(game: GameLoop, r: int) -> None:
             rec["rm_scores"] = s["rewards"]
             if "rewards_std" in s:  # an RM ensemble: the reward less its uncertainty
                 rec["rm_mean"], rec["rm_std"] = s["rewards"], s["rewards_std"]
+                rec["rm_members"] = s.get("member_rewards")
                 rec["rm_scores"] = penalised(s["rewards"], s["rewards_std"], kappa)
         check_finite(
             (x for rec in recs for x in rec["rm_scores"]),
