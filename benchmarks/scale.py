@@ -196,21 +196,24 @@ def generation(results: list[dict]) -> str:
     side by side): the processes share this machine's cores, so only equal counts compare."""
     groups: dict[tuple, list[float]] = {}
     for r in results:
-        key = (r["strategy"], world(r), r.get("beside", 1), r["layers"], r.get("weights"))
+        own = " ".join(r.get("own", []))  # a plan item's own overrides: a group of their own
+        key = (r["strategy"], world(r), r.get("beside", 1), r["layers"], r.get("weights"), own)
         groups.setdefault(key, []).append(per_process(r))
-    # (engine, processes on the machine, layers) -> median tok/s per process
-    base = {(e, w * b, n): statistics.median(v) for (e, w, b, n, _), v in groups.items()}
+    # (engine, processes on the machine, layers) -> median tok/s per process (the first group)
+    base: dict[tuple, float] = {}
+    for (e, w, b, n, _, _), v in groups.items():
+        base.setdefault((e, w * b, n), statistics.median(v))
     lines = [
         "| engine (processes) | layers | weights | runs | tok/s per process, median [min-max] "
         "| auto's / this | ddp's / this |",
         "|---|---|---|---|---|---|---|",
     ]
-    for (engine, n_ranks, beside, layers, weights), v in groups.items():
+    for (engine, n_ranks, beside, layers, weights, own), v in groups.items():
         m = statistics.median(v)
         vs = [base.get((e, n_ranks * beside, layers)) for e in ("auto", "ddp")]
         side = f" x {beside} side by side" if beside > 1 else ""
         lines.append(
-            f"| {engine} ({n_ranks}){side} | {layers} | {weights} | {len(v)} "
+            f"| {engine} ({n_ranks}){side} {own} | {layers} | {weights} | {len(v)} "
             f"| {m:,.1f} [{min(v):,.1f}-{max(v):,.1f}] | "
             + " | ".join(f"{ref / m:.2f}x" if ref else "-" for ref in vs)
             + " |"
@@ -250,7 +253,7 @@ def main() -> None:
                 for c in range(copies)
             ]
             try:
-                batch = [{**job.result(), "beside": copies} for job in jobs]
+                batch = [{**job.result(), "beside": copies, "own": own} for job in jobs]
             except RuntimeError as err:  # a game's failure (e.g. out of memory) ends its row
                 print(f"  {item}: failed: {str(err)[-600:]}", file=sys.stderr, flush=True)
                 continue
