@@ -163,25 +163,21 @@ class ListwiseCollator:
         width = max(len(s) for it in items for s in it["seqs"])
         B = len(items)
         pad_id = items[0].get("pad_id", self.pad_id)
-        # every sequence's tokens in one tensor, written into their rows through a mask
-        rows = [b * k + j for b, it in enumerate(items) for j in range(len(it["seqs"]))]
+        # an item's sequences fill its first rows; every sequence's tokens in one tensor, written
+        # into those rows through the mask (row-major: item by item, in order)
+        mask = torch.arange(k)[None] < torch.tensor([len(it["seqs"]) for it in items])[:, None]
         seqs = [s for it in items for s in it["seqs"]]
         lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
         prompt = torch.tensor([it["prompt_len"] for it in items for _ in it["seqs"]])
         t = torch.arange(width)[None]
-        filled = t < lengths[:, None]  # [rows, width]
-        ids = torch.full((B * k, width), pad_id, dtype=torch.long)
+        filled = t < lengths[:, None]  # [sequences, width]
         sub = torch.full((len(seqs), width), pad_id, dtype=torch.long)
         sub[filled] = torch.tensor([x for s in seqs for x in s], dtype=torch.long)
-        att = torch.zeros((B * k, width), dtype=torch.long)
-        loss_mask = torch.zeros((B * k, width), dtype=torch.long)
-        idx = torch.tensor(rows, dtype=torch.long)
-        ids[idx], att[idx] = sub, filled.long()
-        loss_mask[idx] = (filled & (t >= prompt[:, None])).long()
-        ids, att, loss_mask = (x.view(B, k, width) for x in (ids, att, loss_mask))
-        mask = torch.zeros(B * k, dtype=torch.bool)
-        mask[idx] = True
-        mask = mask.view(B, k)
+        ids = torch.full((B, k, width), pad_id, dtype=torch.long)
+        att = torch.zeros((B, k, width), dtype=torch.long)
+        loss_mask = torch.zeros((B, k, width), dtype=torch.long)
+        ids[mask], att[mask] = sub, filled.long()
+        loss_mask[mask] = (filled & (t >= prompt[:, None])).long()
         scores = torch.zeros((B, k), dtype=torch.float32)
         has_ref = all("ref_logps" in it for it in items)
         ref = torch.zeros((B, k), dtype=torch.float32)
