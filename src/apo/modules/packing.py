@@ -46,6 +46,11 @@ def common_prefix(ids: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
     return agree.long().cumprod(-1).sum(-1)
 
 
+def item_lengths(att: torch.Tensor, prefix: torch.Tensor) -> list[int]:
+    """Each item's distinct tokens: its shared prefix once, then every sequence's own tokens."""
+    return (prefix + (att.sum(-1) - prefix[:, None]).clamp(min=0).sum(1)).tolist()
+
+
 def first_fit(lengths: list[int], capacity: int) -> tuple[list[int], list[int]]:
     """Each item's row and its start in the row: first fit, longest items first."""
     rows: list[int] = []  # filled length of each row
@@ -92,7 +97,7 @@ class Packing:
         prefix = common_prefix(ids, att) if prefix is None else prefix  # [B]
         own = (lengths - prefix[:, None]).clamp(min=0)  # each sequence's tokens after the prefix
         offset = own.cumsum(1) - own  # where each sequence's own tokens start after the prefix
-        self.item_length = (prefix + own.sum(1)).tolist()
+        self.item_length = item_lengths(att, prefix)
         row, start, n_rows, L = rows_of(self.item_length, capacity)
         row_t = torch.tensor(row, device=dev)[:, None, None]
         start_t = torch.tensor(start, device=dev)[:, None, None]
@@ -153,7 +158,7 @@ def plan(cfg, ids: torch.Tensor, att: torch.Tensor) -> Packing | None:
     per_token, per_pair = _unit_costs(cfg)
     B, k, T = ids.shape
     prefix = common_prefix(ids, att)
-    item_length = (prefix + (att.sum(-1) - prefix[:, None]).clamp(min=0).sum(1)).tolist()
+    item_length = item_lengths(att, prefix)
     longest = max(max(item_length), 1)
     best, best_cost = None, GAIN * B * k * T * (per_token + T * per_pair)
     for m in ROW_SIZES:
