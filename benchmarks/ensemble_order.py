@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
+import math
 import statistics
 from pathlib import Path
+
+from apo.modules.ensemble import order_disagreement
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -31,7 +35,9 @@ def edit_distance(a: str, b: str) -> int:
 
 
 def pairs(path: Path) -> list[tuple[int, float]]:
-    """(edit distance, share of member pairs ordering the two differently) per distinct pair."""
+    """(edit distance, share of member pairs ordering the two differently) per pair of distinct
+    responses that some member does not tie: the pairs and the rule of the game's metric
+    (`apo.modules.ensemble.order_disagreement`), one pair at a time."""
     by_prompt = collections.defaultdict(list)
     for line in path.open():
         row = json.loads(line)
@@ -40,15 +46,10 @@ def pairs(path: Path) -> list[tuple[int, float]]:
         by_prompt[row["prompt"]].append((row["response"], row["rm_members"]))
     out = []
     for recs in by_prompt.values():
-        for a in range(len(recs)):
-            for b in range(a + 1, len(recs)):
-                (ta, ra), (tb, rb) = recs[a], recs[b]
-                if ta == tb:
-                    continue
-                signs = [(x > y) - (x < y) for x, y in zip(ra, rb)]
-                m = len(signs)
-                up, down = signs.count(1), signs.count(-1)
-                out.append((edit_distance(ta, tb), up * down / (m * (m - 1) / 2)))
+        for (ta, ra), (tb, rb) in itertools.combinations(recs, 2):
+            share = order_disagreement([[ra, rb]], [[ta, tb]])
+            if not math.isnan(share):  # the same response twice, or a tie for every member
+                out.append((edit_distance(ta, tb), share))
     return out
 
 
