@@ -13,6 +13,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader, DistributedSampler
 
+from apo.gather import full_tensors
+
 
 def global_rank() -> int:
     """This process's rank as Lightning knows it: read from the launcher's environment before
@@ -93,41 +95,24 @@ def sharding(model: nn.Module) -> str | None:
     return None
 
 
-def _gather_full_state(model: nn.Module, rank0_only: bool) -> dict[str, torch.Tensor]:
-    """The full state dict on CPU (a collective for sharded models: every rank must call it);
-    with `rank0_only`, ranks other than 0 get `{}` and never hold a full copy."""
+def _gather_full_state(
+    model: nn.Module, rank0_only: bool, device: str | None = None
+) -> dict[str, torch.Tensor]:
+    """The full state dict (a collective for sharded models: every rank must call it), on
+    `device` (None: where the model's pieces live); with `rank0_only`, ranks other than 0 get
+    `{}` and never hold a full copy (each tensor is dropped as soon as it is gathered)."""
     kind = sharding(model)
     rank0 = not rank0_only or not dist.is_initialized() or dist.get_rank() == 0
-    if kind == "fsdp":
+    if kind == "fsdp" and any(type(p).__name__ == "FlatParameter" for p in model.parameters()):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        # cpu_offload with a full state dict gathers to rank 0 only, one tensor at a time
+        # FSDP1: its own gather (cpu_offload with a full state dict: to rank 0 only)
         opts = StateDictOptions(full_state_dict=True, cpu_offload=rank0_only)
         state = get_model_state_dict(model, options=opts)
         if not rank0:
             return {}
-        # private CPU tensors, replaced one at a time: at most one tensor more than the state
-        for k in list(state):
-            state[k] = state[k].detach().cpu().clone()
-        return state
-    if kind == "zero3":
-        import deepspeed
-
-        gathered: dict[int, torch.Tensor] = {}
-        # one parameter at a time, so no rank holds more than one gathered tensor beyond its
-        # shard (and rank 0 the copies it keeps)
-        for p in model.parameters():
-            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                if rank0:
-                    gathered[id(p)] = p.detach().cpu().clone()
-        if not rank0:
-            return {}
-        # the state dict's own keys and order; a tied weight appears under each of its names
-        return {
-            k: gathered[id(v)] if id(v) in gathered else v.detach().cpu().clone()
-            for k, v in model.state_dict(keep_vars=True).items()
-        }
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return {k: v.detach().to(device or v.device).clone() for k, v in state.items()}
+    return full_tensors(resharded(model) if kind == "fsdp" else model, rank0, device)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -138,7 +123,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     full copy). Unsharded models (auto, ddp, ZeRO-2) give their live weights on every rank."""
     if sharding(model) is None:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return _gather_full_state(model, rank0_only=True)
+    return _gather_full_state(model, rank0_only=True, device="cpu")
 
 
 def local_tensor(p: torch.Tensor) -> torch.Tensor:
