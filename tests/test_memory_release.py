@@ -1,4 +1,4 @@
-"""Memory a fit freed goes back to the system (`apo.game.trainers.return_freed_memory`)."""
+"""Memory a fit freed goes back to the system (`apo.allocator.return_freed_memory`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from apo.game.trainers import (
+from apo.allocator import (
     fix_mmap_threshold,
     libc_function,
     malloc_trim,
@@ -55,7 +55,7 @@ def test_the_peak_memory_starts_again_at_a_reset():
 
 _ARM = """
 import os, sys, torch
-from apo.game.trainers import fix_mmap_threshold
+from apo.allocator import fix_mmap_threshold
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -87,3 +87,52 @@ def test_the_mmap_threshold_decides_whether_freed_tensors_leave_at_once(kib: int
     else:  # below the threshold: in the heap between blocks still in use, kept (until a trim)
         assert after > 0.5 * held, (held, after)
     assert not fix_mmap_threshold(None)
+
+
+_HUGE = """
+import os, sys
+from apo.allocator import use_hugepages
+print(use_hugepages(sys.argv[1] == "on"))
+import torch
+x = torch.empty(50_000_000)  # 200 MB, every page touched
+x.fill_(1.0)
+with open("/proc/self/smaps_rollup") as f:
+    print(next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages")))
+"""
+
+
+def _thp_mode() -> str | None:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
+@pytest.mark.skipif(
+    _thp_mode() not in ("madvise", "always") or not os.path.exists("/proc/self/smaps_rollup"),
+    reason="no transparent huge pages here (Linux with THP in madvise or always mode)",
+)
+@pytest.mark.parametrize(("switch", "env"), [("on", None), ("off", None), ("on", "0")])
+def test_hugepages_back_large_tensors_unless_switched_off(switch: str, env: str | None):
+    import subprocess
+    import sys
+
+    # a fresh process: PyTorch reads the variable at its first tensor
+    environ = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if env is not None:
+        environ["THP_MEM_ALLOC_ENABLE"] = env  # the user's own setting wins
+    out = subprocess.run(
+        [sys.executable, "-c", _HUGE, switch],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environ,
+    )
+    asked, huge_kb = out.stdout.split()
+    on = switch == "on" and env is None
+    assert asked == str(on)
+    if on:
+        assert int(huge_kb) > 100_000, huge_kb  # most of the 200 MB in 2 MiB pages
+    elif _thp_mode() == "madvise":
+        assert int(huge_kb) == 0, huge_kb  # PyTorch did not ask: 4 KiB pages

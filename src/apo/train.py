@@ -56,7 +56,10 @@ def run_game(cfg: DictConfig) -> dict[str, Any]:
 
     The config is validated first (`apo.validation`): a bad value stops here, before any file
     is written (an empty run dir Hydra made for it is removed again)."""
+    from apo.allocator import fix_mmap_threshold, use_hugepages
     from apo.progress import announce
+
+    use_hugepages(bool(cfg.hugepages))  # before any library allocates a tensor
     from apo.validation import validated_or_clean
 
     validated_or_clean(cfg)  # before the first log line creates the run dir's train.log
@@ -69,8 +72,6 @@ def run_game(cfg: DictConfig) -> dict[str, Any]:
 
     quiet_libraries()
     adopt_submitit_local_tasks()
-    from apo.game.trainers import fix_mmap_threshold
-
     fix_mmap_threshold(cfg.get("malloc_mmap_threshold_kb"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:

@@ -3,8 +3,6 @@ players' step counters continued across fits, and the phase timers."""
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +13,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
+from apo.allocator import return_freed_memory
 from apo.config import plain
 from apo.distributed import predict_gathered
 from apo.logger import GameTensorBoardLogger
@@ -152,45 +151,6 @@ def detach(module: L.LightningModule, trainer: L.Trainer) -> None:
     module.trainer = None
     trainer.strategy._lightning_module = None
     trainer.strategy._model = None
-
-
-def return_freed_memory() -> None:
-    """Give the memory just freed back to the system where the C library keeps it: glibc holds
-    freed heap memory in its arenas, so a process's RSS stays at its high-water mark after a fit
-    and the next phase's peak stacks on it (measured on the 300M game; README, Strategies).
-    A no-op where there is no `malloc_trim` (other C libraries, other systems)."""
-    trim = malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def fix_mmap_threshold(kib: int | None) -> bool:
-    """`malloc_mmap_threshold_kb`: glibc's `mallopt(M_MMAP_THRESHOLD)`. Allocations from this
-    size on are mapped on their own and handed back when freed. Fixing it turns off glibc's
-    dynamic threshold, which rises (up to 32 MiB) each time a large block is freed, so that a
-    player's weight-sized tensors then land in the heap and stay there: at the peak of a 77M
-    player's RM fit the process held 3.4 GiB with it, 2.7 GiB with a fixed 128 KiB (README,
-    Strategies). False where there is none (other C libraries) or `kib` is None."""
-    mallopt = libc_function("mallopt")
-    if kib is None or mallopt is None:
-        return False
-    m_mmap_threshold = -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, int(kib) * 1024))
-
-
-def malloc_trim() -> Callable[[int], int] | None:
-    """The C library's `malloc_trim` (glibc), or None."""
-    return libc_function("malloc_trim")
-
-
-@functools.cache
-def libc_function(name: str) -> Callable[..., int] | None:
-    """A function of the C library, looked up on first use among the symbols the process has
-    already loaded (no library search at start-up), or None where it has none."""
-    try:
-        return getattr(ctypes.CDLL(None), name, None)
-    except OSError:
-        return None
 
 
 @contextmanager

@@ -219,6 +219,7 @@ class Train(_Open):
     resume_allow: list[str]
     tensorboard_flush_secs: float = PosFloat
     malloc_mmap_threshold_kb: int | None = Field(default=None, gt=0)
+    hugepages: bool
     progress: Literal["auto", "rich", "lines", "off"]
     progress_every_s: float | None = Field(gt=0)
 
