@@ -43,17 +43,14 @@ def _fsdp_full(p: DTensor) -> torch.Tensor:
     return _all_gather(local, mesh.get_group()).view(world * per, *rest)[:rows]
 
 
-def _zero3_full(p: nn.Parameter) -> torch.Tensor | None:
+def _zero3_full(p: nn.Parameter) -> torch.Tensor:
     piece, group = p.ds_tensor, p.ds_process_group
-    if not _direct(piece, group):
-        return None
-    return _all_gather(piece, group)[: p.ds_numel].view(p.ds_shape)
+    if _direct(piece, group):
+        return _all_gather(piece, group)[: p.ds_numel].view(p.ds_shape)
+    import deepspeed
 
-
-def _kept(t: torch.Tensor | None, keep: bool, device: torch.device | str | None):
-    if not keep or t is None:
-        return None
-    return t if device is None else t.to(device)
+    with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+        return p.detach().clone()
 
 
 @torch.no_grad()
@@ -61,30 +58,22 @@ def full_tensors(
     model: nn.Module, keep: bool, device: torch.device | str | None = None
 ) -> dict[str, torch.Tensor]:
     """Every entry of `model`'s state dict as a full tensor, by name, where `keep` (moved to
-    `device` as each is gathered, when given); `{}` elsewhere. A collective: every rank calls it, with the same model. FSDP2 models must be
-    resharded first (`apo.distributed.resharded`). A tensor tied under several names is
+    `device` as each is gathered, when given); `{}` elsewhere, where each is dropped as soon as
+    it is gathered. A collective: every rank calls it, with the same model. FSDP2 models must
+    be resharded first (`apo.distributed.resharded`). A tensor tied under several names is
     gathered once; unsharded entries (buffers) are cloned."""
     out: dict[str, torch.Tensor] = {}
-    done: dict[int, torch.Tensor] = {}
-    fallback = []
+    # every rank gathers a tied tensor once, kept or not: the ranks' collectives must match
+    by_id: dict[int, torch.Tensor | None] = {}
     for name, v in model.state_dict(keep_vars=True).items():
-        if id(v) not in done:
+        if id(v) not in by_id:
             if isinstance(v, DTensor):
                 full = _fsdp_full(v)
             elif hasattr(v, "ds_tensor"):
                 full = _zero3_full(v)
-                if full is None:
-                    fallback.append(v)
             else:
                 full = v.detach().clone()
-            done[id(v)] = _kept(full, keep, device)
+            by_id[id(v)] = None if not keep else full if device is None else full.to(device)
         if keep:
-            out[name] = done[id(v)]
-    if fallback:
-        import deepspeed
-
-        for v in fallback:  # one parameter at a time, gathered by DeepSpeed
-            with deepspeed.zero.GatheredParameters([v], modifier_rank=None):
-                done[id(v)] = _kept(v.detach().clone(), keep, device)
-        out = {k: done[id(v)] for k, v in model.state_dict(keep_vars=True).items()} if keep else {}
-    return {k: t.detach() for k, t in out.items()}
+            out[name] = by_id[id(v)]
+    return out
