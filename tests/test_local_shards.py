@@ -175,3 +175,29 @@ def test_a_partitioned_copy_holds_only_its_partitions_and_the_weights_it_was_tak
         assert o["partitioned"] and o["stored"] < 0.6 * FULL_BYTES  # its partitions only
         assert o["same_out"] and o["scale"] == 3.0
     assert out[0]["same_state"]
+
+
+_EXIT = """
+import atexit, os
+import torch.distributed as dist
+from apo.distributed import destroy_process_group_at_exit
+# registered first, so it runs last (atexit is last in, first out): what the group is then
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))
+destroy_process_group_at_exit()
+destroy_process_group_at_exit()  # once per process
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
+dist.init_process_group("gloo", rank=0, world_size=1)
+print("initialized:", dist.is_initialized())
+"""
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_the_process_group_is_destroyed_as_the_process_exits():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PORT": str(free_port())}
+    out = subprocess.run(
+        [sys.executable, "-c", _EXIT], capture_output=True, text=True, check=True, env=env
+    ).stdout.split("\n")
+    assert out[:2] == ["initialized: True", "initialized at exit: False"], out

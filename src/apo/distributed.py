@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import functools
 from typing import Any
 
 import lightning as L
@@ -24,6 +26,22 @@ def global_rank() -> int:
 
 def is_global_zero() -> bool:
     return global_rank() == 0
+
+
+@functools.cache
+def destroy_process_group_at_exit() -> None:
+    """Destroy the default process group (Lightning's, which nobody destroys) when the process
+    exits, while the interpreter is still whole: gloo's worker threads alive at finalization
+    abort the process now and then ("terminate called without an active exception", SIGABRT
+    after a finished game; seen once on a rank of the 2-task srun test). At exit, not at the
+    game's end: a Hydra multirun plays its jobs in one process on the same group. Once per
+    process."""
+    atexit.register(_destroy_process_group)
+
+
+def _destroy_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def gather_objects(records: list[Any]) -> list[Any]:

@@ -72,6 +72,9 @@ def run_game(cfg: DictConfig) -> dict[str, Any]:
 
     quiet_libraries()
     adopt_submitit_local_tasks()
+    from apo.distributed import destroy_process_group_at_exit
+
+    destroy_process_group_at_exit()
     fix_mmap_threshold(cfg.get("malloc_mmap_threshold_kb"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
