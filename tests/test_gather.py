@@ -130,3 +130,33 @@ def test_the_gather_gives_fsdp2s_full_tensors_for_uneven_shards_ties_and_buffers
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_the_gather_gives_zero3s_full_tensors_for_uneven_partitions_ties_and_buffers():
     _check(_on_two_ranks(_zero3))
+
+
+def _agree(flags: list[bool]):
+    """`all_ranks` of a one-process test: this rank's flag, unless another rank said no."""
+    return lambda flag: flag and all(flags)
+
+
+def test_gathered_copies_are_kept_while_the_weights_stay_and_regathered_when_they_change():
+    from apo.distributed import skeleton
+    from apo.gathered import GatheredCopies
+
+    model = _Tied()
+    copies = GatheredCopies(skeleton(model))
+    first = copies.get(model, _agree([]))
+    assert not first.training and first is not model
+    assert torch.equal(first.mid.weight, model.mid.weight)
+    assert copies.get(model, _agree([])) is first  # unchanged weights: the same copy
+    assert (copies.gathered, copies.reused) == (1, 1)
+    # a write that bumps no version counter (`.data`, as engines' optimizers write) is seen
+    model.mid.weight.data[0, 0] += 1e-3
+    second = copies.get(model, _agree([]))
+    assert second is not first and torch.equal(second.mid.weight, model.mid.weight)
+    model.scale.fill_(4.0)  # a buffer too
+    third = copies.get(model, _agree([]))
+    assert third is not second and float(third.scale) == 4.0
+    # another rank's pieces changed: every rank gathers again
+    assert copies.get(model, _agree([False])) is not third
+    assert (copies.gathered, copies.reused) == (4, 1)
+    copies.drop()
+    assert len(copies) == 0

@@ -87,3 +87,15 @@ def test_every_phase_that_changes_weights_names_them():
     assert PHASES["rm_fit"].changes == ("rm",) and PHASES["policy_fit"].changes == ("policy",)
     assert PHASES["cost_model"].changes == ("cost",) and PHASES["denoise"].changes == ()
     assert PHASES["judge_rms"].changes == ("judge_rms",)
+
+
+def test_a_fit_frees_the_players_gathered_copies_before_it_starts(tmp_path: Path):
+    cfg = compose_cfg(["experiment=tiny", "game.rounds=1"], run_dir=tmp_path)
+    game = GameLoop(cfg)
+    copies, seen = game.players.gathered, []
+    copies.get(game.players.policy, lambda flag: flag)  # as a sampling prediction leaves it
+    assert game.trainers.before_fit == copies.drop
+    game.trainers.before_fit = lambda: (seen.append(len(copies)), copies.drop())
+    game.play(0, "warm_start")  # the policy's SFT and the RM's base fit
+    assert seen[:1] == [1] and len(seen) == 2
+    assert len(copies) == 0

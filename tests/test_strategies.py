@@ -321,8 +321,12 @@ def test_gathered_weights_sample_what_the_sharded_policy_samples(engine: str, ru
     sharded = runs(
         f"{engine}_sharded", f"strategy={engine}", *HALF_BATCH, "policy.generation.weights=sharded"
     )
-    assert "the sharded policy gathered once" in (gathered / "output.log").read_text()
-    assert "the sharded policy gathered once" not in (sharded / "output.log").read_text()
+    log = (gathered / "output.log").read_text()
+    assert "the sharded policy's weights gathered once" in log
+    # each round's generation samples from the copy its previous evaluation gathered (the
+    # policy has not changed between them), checked by every rank's fingerprint
+    assert log.count("the sharded policy's weights kept from before") >= 2
+    assert "the sharded policy's weights" not in (sharded / "output.log").read_text()
     for r in (1, 2):
         got, want = _samples(gathered, r), _samples(sharded, r)
         assert len(got) == len(want) > 0

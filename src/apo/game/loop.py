@@ -76,7 +76,9 @@ class GameLoop:
             flush_secs=cfg.tensorboard_flush_secs,
         )
         self.watch = GameWatch(cfg, self)  # progress on the terminal or in the log
-        self.trainers = Trainers(cfg, self.logger, self.run_dir, self.watch.callbacks)
+        self.trainers = Trainers(
+            cfg, self.logger, self.run_dir, self.watch.callbacks, self.players.gathered.drop
+        )
         self.judge = build_judge(cfg, self.task, self.dm, self.trainers, self.run_dir)
         self.evaluator = Evaluator(
             self.plan,
@@ -146,6 +148,7 @@ class GameLoop:
                         self.state.round_metrics[f"perf/{phase.name}/offloaded_mb"] = offloaded
                 if stop and (r, phase) != schedule[-1]:
                     self.stop(stop, r, phase, finished=True)
+        self.players.gathered.drop()
         self.logger.close()
         table = format_table(self.state.summary, list(self.judge.keys.table))
         if is_global_zero():

@@ -26,6 +26,7 @@ from apo.distributed import (
     skeleton,
     storage_bytes,
 )
+from apo.gathered import GatheredCopies
 from apo.losses.objectives import PolicyObjective
 from apo.losses.rm_objective import RMObjective
 from apo.modules.backbones import build_player, check_model_positions
@@ -88,10 +89,15 @@ class Players:
     #: them)
     skeleton: nn.Module | None = field(default=None, repr=False)
     rm_skeleton: nn.Module | None = field(default=None, repr=False)
+    #: the plain copies sampling predictions take of the sharded policy (and reference),
+    #: gathered once per version of their weights and freed at every fit (`apo.gathered`)
+    gathered: GatheredCopies | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.skeleton is None:
             self.skeleton = skeleton(self.policy)
+        if self.gathered is None:
+            self.gathered = GatheredCopies(self.skeleton)
         if self.rm_skeleton is None:
             self.rm_skeleton = skeleton(self.rm)
 
@@ -202,7 +208,7 @@ class Players:
         """The policy for a fit (`objective`, `lr`, `log_prefix`) or a prediction (`sampling`
         when it generates, and the `seed` every prediction draws from)."""
         optimizer = self.policy_optimizer if objective is not None else None
-        gather = self.skeleton if self.gather_generation else None
+        gather = self.gathered if self.gather_generation else None
         return PolicyModule(
             self.policy, self.ref, objective, optimizer, lr, log_prefix, sampling, seed, gather
         )

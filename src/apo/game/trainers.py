@@ -39,6 +39,8 @@ class Trainers:
         run_dir: the Trainers' `default_root_dir`.
         callbacks: `callbacks(player, stage)` gives further callbacks for every Trainer made
             (the game's progress display, `apo.progress`); None = none.
+        before_fit: called before every fit starts (the players' gathered copies are freed
+            there, `apo.gathered`); None = nothing.
     """
 
     def __init__(
@@ -47,9 +49,10 @@ class Trainers:
         logger: GameTensorBoardLogger,
         run_dir: Path,
         callbacks: Callable[[str, str | None], list[L.Callback]] | None = None,
+        before_fit: Callable[[], None] | None = None,
     ) -> None:
         self.cfg, self.logger, self.run_dir = cfg, logger, Path(run_dir)
-        self.callbacks = callbacks
+        self.callbacks, self.before_fit = callbacks, before_fit
 
     def make(
         self,
@@ -105,6 +108,8 @@ class Trainers:
         from apo.guards import FiniteGuard
         from apo.monitors import FitMonitor
 
+        if self.before_fit is not None:
+            self.before_fit()
         self.logger.step_offset = step_offset
         guard = FiniteGuard(player, round_idx, step_offset, module.log_prefix)
         trainer = self.make(

@@ -10,7 +10,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from apo.distributed import plain_copy, sharding
+from apo.distributed import sharding
+from apo.gathered import GatheredCopies
 from apo.losses.objectives import PolicyObjective
 from apo.modules.logps import sequence_logps
 from apo.modules.sampling import SamplingSpec, sample
@@ -67,11 +68,12 @@ class PolicyModule(L.LightningModule):
         sampling: how `generate` samples (predictions that generate).
         seed: seeds every prediction, per rank: the same seed, round and rank draw the same
             samples.
-        gather_skeleton: with the players sharded (FSDP, ZeRO-3), `generate` gathers their
-            weights once per prediction into plain copies in this architecture (see
-            `apo.distributed.skeleton`), samples from them without a collective per token, and
-            frees them when the prediction ends (`policy.generation.weights: gathered`);
-            None = the sharded model runs every token (`sharded`).
+        gathered: with the players sharded (FSDP, ZeRO-3), `generate` samples from plain
+            copies of their weights taken from here (gathered at the prediction's first
+            batch, or kept from an earlier sampling prediction when the weights have not
+            changed since; `apo.gathered`), without a collective per token
+            (`policy.generation.weights: gathered`); None = the sharded model runs every token
+            (`sharded`).
     """
 
     def __init__(
@@ -84,7 +86,7 @@ class PolicyModule(L.LightningModule):
         log_prefix: str | None = None,
         sampling: SamplingSpec | None = None,
         seed: int | None = None,
-        gather_skeleton: nn.Module | None = None,
+        gathered: GatheredCopies | None = None,
     ) -> None:
         super().__init__()
         if objective is not None and (optimizer is None or log_prefix is None):
@@ -92,8 +94,8 @@ class PolicyModule(L.LightningModule):
         self.model, self.ref_model = model, ref_model
         self.objective, self.optimizer_factory, self.lr = objective, optimizer, lr
         self.log_prefix, self.sampling, self.seed = log_prefix, sampling, seed
-        # not a submodule: no engine may wrap or shard the architecture copies are made from
-        self._gather = (gather_skeleton,) if gather_skeleton is not None else None
+        # a tuple, not a submodule: no engine may wrap or shard the copies or their skeleton
+        self._gather = (gathered,) if gathered is not None else None
         self._gathered: tuple[nn.Module, nn.Module | None] | None = None
 
     def configure_model(self) -> None:
@@ -179,24 +181,26 @@ class PolicyModule(L.LightningModule):
 
     def _sampling_models(self) -> tuple[nn.Module, nn.Module | None]:
         """The policy and reference to sample from: the players themselves, or with gathered
-        weights and a sharded player, plain copies made at the first `generate` batch (a
+        weights and a sharded player, plain copies taken at the first `generate` batch (a
         collective, which every rank reaches together: the prediction's ranks run the same
-        batches) and kept until the prediction ends."""
+        batches) and used until the prediction ends."""
         if self._gather is None or sharding(self.model) is None:
             return self.model, self.ref_model
         if self._gathered is None:
-            (arch,) = self._gather
+            (copies,) = self._gather
+            before = copies.gathered
             ref = self.ref_model
             if ref is not None and self.sampling.mixture > 0 and sharding(ref) is not None:
-                ref = plain_copy(ref, arch).eval()
-            self._gathered = (plain_copy(self.model, arch).eval(), ref)
+                ref = copies.get(ref, self._all_ranks)
+            self._gathered = (copies.get(self.model, self._all_ranks), ref)
             n = sum(p.numel() for p in self._gathered[0].parameters())
             if self.global_rank == 0:
-                log.info("generation: the sharded policy gathered once (%d parameters)", n)
+                how = "gathered once" if copies.gathered > before else "kept from before"
+                log.info("generation: the sharded policy's weights %s (%d parameters)", how, n)
         return self._gathered
 
     def on_predict_end(self) -> None:
-        self._gathered = None  # the gathered copies are freed with the prediction
+        self._gathered = None  # `GatheredCopies` keeps them until the next fit
 
     def _all_ranks(self, flag: bool) -> bool:
         return self.trainer.strategy.reduce_boolean_decision(flag, all=True)
