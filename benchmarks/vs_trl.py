@@ -159,7 +159,8 @@ def apo_parts(cell: str, precision: str, tok, measure: str, run_dir: Path):
     from apo.game.plan import build_plan
     from apo.game.players import Players, build_datamodule
     from apo.game.state import GameState
-    from apo.game.trainers import Trainers, fix_mmap_threshold
+    from apo.allocator import fix_mmap_threshold
+    from apo.game.trainers import Trainers
     from apo.logger import GameTensorBoardLogger
 
     cfg = compose_config(
@@ -366,7 +367,7 @@ def warm_game(precision: str, run_dir: Path, cache: Path):
 
 
 def apo_round(game) -> dict:
-    from apo.game.trainers import fix_mmap_threshold
+    from apo.allocator import fix_mmap_threshold
 
     fix_mmap_threshold(game.cfg.get("malloc_mmap_threshold_kb"))  # as `apo.train.run_game` does
     t0 = start_clock()
@@ -487,6 +488,11 @@ def one(side: str, measure: str, cell: str, precision: str, threads: int, cache:
     import logging
     import warnings
 
+    if side == "apo":  # as `apo-train` does before the first tensor exists (README, Strategies)
+        from apo.allocator import use_hugepages
+        from apo.api import compose_config
+
+        use_hugepages(bool(compose_config([], run_dir=".").hugepages))
     import torch
 
     warnings.filterwarnings("ignore")
