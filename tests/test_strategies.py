@@ -327,6 +327,9 @@ def test_gathered_weights_sample_what_the_sharded_policy_samples(engine: str, ru
     # policy has not changed between them), checked by every rank's fingerprint
     assert log.count("the sharded policy's weights kept from before") >= 2
     assert "the sharded policy's weights" not in (sharded / "output.log").read_text()
+    rounds = json.loads((gathered / "summary.json").read_text())["rounds"]
+    assert all(rounds[r]["perf/evaluate/gather_s"] > 0 for r in (0, 1, 2))
+    assert not any("perf/generate/gather_s" in rounds[r] for r in (1, 2))
     for r in (1, 2):
         got, want = _samples(gathered, r), _samples(sharded, r)
         assert len(got) == len(want) > 0

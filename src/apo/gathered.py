@@ -17,6 +17,7 @@ ends.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -46,8 +47,10 @@ class GatheredCopies:
         # attribute of anything an engine wraps
         self.skeleton = skeleton
         self._copies: dict[int, tuple[torch.Tensor, nn.Module]] = {}
-        #: how many copies were gathered and how many reused, for the logs and tests
+        #: how many copies were gathered and how many reused, and the seconds the gathers
+        #: took (the game reports them per phase, `perf/<phase>/gather_s`)
         self.gathered = self.reused = 0
+        self.seconds = 0.0
 
     def get(self, model: nn.Module, all_ranks: Callable[[bool], bool]) -> nn.Module:
         """A plain copy of sharded `model`'s current weights, in eval mode: the one kept from
@@ -61,7 +64,9 @@ class GatheredCopies:
             self.reused += 1
             return kept[1]
         self._copies.pop(id(model), None)  # freed before the new copy is gathered
+        t0 = time.perf_counter()
         copy = plain_copy(model, self.skeleton).eval()
+        self.seconds += time.perf_counter() - t0
         self._copies[id(model)] = (fp, copy)
         self.gathered += 1
         return copy

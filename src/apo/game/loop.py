@@ -131,6 +131,7 @@ class GameLoop:
                 # this rank's peak memory in the phase and its saving, in the round's metrics
                 # (the evaluation, which writes them, reports the phases before it)
                 measured = phase.name != "evaluate" and reset_peak_rss()
+                gathering = self.players.gathered.seconds
                 try:
                     with self.watch.watch_phase(r, phase):
                         self.play_timed(r, phase)
@@ -142,6 +143,11 @@ class GameLoop:
                 t1 = time.perf_counter()
                 stop = self.save(r, phase, (r, phase) == schedule[-1], signals.received)
                 saving += time.perf_counter() - t1
+                # seconds spent gathering sharded players for sampling (the evaluation, which
+                # writes the round's metrics, reports its own)
+                gathered = self.players.gathered.seconds - gathering
+                if gathered and phase.name != "evaluate":
+                    self.state.round_metrics[f"perf/{phase.name}/gather_s"] = gathered
                 if measured:
                     self.state.round_metrics[f"perf/{phase.name}/peak_rss_mb"] = peak_rss_mb()
                     if offloaded := offloaded_mb():

@@ -142,7 +142,7 @@ def prepare_judge(game: GameLoop, r: int) -> None:
 @phase("evaluate", timed=False)
 def evaluate(game: GameLoop, r: int) -> None:
     """Evaluate both players; the round's metrics go into the summary and the files."""
-    t0, state = time.perf_counter(), game.state
+    t0, state, gathering = time.perf_counter(), game.state, game.players.gathered.seconds
     ev = game.evaluator.evaluate(r, state.samples, state.prev_judge)
     for key in ("rm_scores", "logps", "judge"):
         check_finite(
@@ -155,6 +155,8 @@ def evaluate(game: GameLoop, r: int) -> None:
     m.update(guided.evaluate(game, r))
     m.update(state.round_metrics)
     state.round_metrics = {}
+    if gathered := game.players.gathered.seconds - gathering:
+        m["perf/evaluate/gather_s"] = gathered
     m["time/evaluate_s"] = time.perf_counter() - t0
     m["steps/rm"], m["steps/policy"] = state.steps["rm"], state.steps["policy"]
     state.summary.append(m)
