@@ -161,6 +161,17 @@ def per_process(r: dict) -> float:
     return r["rows"]["rounds"][1].get("perf/generate_tokens_per_s", float("nan")) / world(r)
 
 
+def with_gather(r: dict) -> float:
+    """`per_process` had round 1's generation gathered the sharded policy itself: a sharded
+    round-1 generation samples from the copy round 0's evaluation gathered (`apo.gathered`),
+    so that gather's seconds are added to the phase's (nothing for unsharded engines)."""
+    rounds = r["rows"]["rounds"]
+    own = rounds[1].get("perf/generate/gather_s", 0.0)
+    taken = 0.0 if own else rounds[0].get("perf/evaluate/gather_s", 0.0)
+    t = rounds[1].get("time/generate_s", float("nan"))
+    return per_process(r) * t / (t + taken)
+
+
 def table(results: list[dict], base: float) -> str:
     """The measured peaks per rank against the memory model (GiB), and generation speed."""
     lines = [
@@ -198,25 +209,28 @@ def generation(results: list[dict]) -> str:
     for r in results:
         own = " ".join(r.get("own", []))  # a plan item's own overrides: a group of their own
         key = (r["strategy"], world(r), r.get("beside", 1), r["layers"], r.get("weights"), own)
-        groups.setdefault(key, []).append(per_process(r))
+        groups.setdefault(key, []).append((per_process(r), with_gather(r)))
     # (engine, processes on the machine, layers) -> median tok/s per process (the first group)
     base: dict[tuple, float] = {}
-    for (e, w, b, n, _, _), v in groups.items():
-        base.setdefault((e, w * b, n), statistics.median(v))
+    for (e, w, b, n, _, _), pairs in groups.items():
+        base.setdefault((e, w * b, n), statistics.median(v for v, _ in pairs))
     lines = [
         "| engine (processes) | layers | weights | runs | tok/s per process, median [min-max] "
-        "| auto's / this | ddp's / this |",
-        "|---|---|---|---|---|---|---|",
+        "| auto's / this | ddp's / this | with the gather it took from the evaluation: tok/s "
+        "| auto's / that |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (engine, n_ranks, beside, layers, weights, own), v in groups.items():
+    for (engine, n_ranks, beside, layers, weights, own), pairs in groups.items():
+        v, g = [x for x, _ in pairs], statistics.median(y for _, y in pairs)
         m = statistics.median(v)
+        auto = base.get(("auto", n_ranks * beside, layers))
         vs = [base.get((e, n_ranks * beside, layers)) for e in ("auto", "ddp")]
         side = f" x {beside} side by side" if beside > 1 else ""
         lines.append(
             f"| {engine} ({n_ranks}){side} {own} | {layers} | {weights} | {len(v)} "
             f"| {m:,.1f} [{min(v):,.1f}-{max(v):,.1f}] | "
             + " | ".join(f"{ref / m:.2f}x" if ref else "-" for ref in vs)
-            + " |"
+            + f" | {g:,.1f} | {f'{auto / g:.2f}x' if auto else '-'} |"
         )
     return "\n".join(lines)
 
