@@ -154,12 +154,12 @@ def apo_parts(cell: str, precision: str, tok, measure: str, run_dir: Path):
     DataModule, Trainer factory and state, as the phases read them."""
     from types import SimpleNamespace
 
+    from apo.allocator import fix_mmap_threshold
     from apo.api import compose_config
     from apo.data.game_data import GameData, ListwiseItem
     from apo.game.plan import build_plan
     from apo.game.players import Players, build_datamodule
     from apo.game.state import GameState
-    from apo.allocator import fix_mmap_threshold
     from apo.game.trainers import Trainers
     from apo.logger import GameTensorBoardLogger
 
