@@ -26,6 +26,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rank(rank: int, port: int, body, out: dict) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        out[rank] = body(rank)
+    finally:
+        dist.destroy_process_group()
+
+
+def on_two_ranks(body) -> dict[int, dict]:
+    """`body(rank)` (a module-level function returning a picklable dict) on 2 gloo processes;
+    what each rank returned."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank, args=(free_port(), body, out), nprocs=2, join=True)
+        return dict(out)
+
+
 def compose_cfg(
     overrides: list[str] | None = None, run_dir: Path | None = None, hydra_config: bool = False
 ) -> DictConfig:

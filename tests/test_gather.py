@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tests.test_local_shards import _on_two_ranks
+from tests.conftest import on_two_ranks
 
 X = torch.tensor([[1, 2, 3], [4, 5, 14]])
 
@@ -121,7 +121,7 @@ def _check(out: dict[int, dict]) -> None:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_the_gather_gives_fsdp2s_full_tensors_for_uneven_shards_ties_and_buffers():
-    out = _on_two_ranks(_fsdp)
+    out = on_two_ranks(_fsdp)
     assert sorted(o["bias_rows"] for o in out.values()) == [0, 1]  # an empty shard
     _check(out)
 
@@ -129,7 +129,7 @@ def test_the_gather_gives_fsdp2s_full_tensors_for_uneven_shards_ties_and_buffers
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_the_gather_gives_zero3s_full_tensors_for_uneven_partitions_ties_and_buffers():
-    _check(_on_two_ranks(_zero3))
+    _check(on_two_ranks(_zero3))
 
 
 def _agree(flags: list[bool]):

@@ -4,35 +4,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
-from tests.conftest import free_port
+from tests.conftest import free_port, on_two_ranks
 
 X = torch.tensor([[1, 2, 3], [4, 5, 14]])
 FULL_BYTES = (15 * 8 + 8 * 8 + 8 + 8 + 1) * 4  # the model's parameters, unsharded
-
-
-def _run(rank: int, port: int, body: Callable[[int], dict], out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        out[rank] = body(rank)
-    finally:
-        dist.destroy_process_group()
-
-
-def _on_two_ranks(body: Callable[[int], dict]) -> dict[int, dict]:
-    """`body(rank)` on 2 gloo processes; what each rank returned."""
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_run, args=(free_port(), body, out), nprocs=2, join=True)
-        return dict(out)
 
 
 def _model() -> nn.Module:
@@ -82,7 +63,7 @@ def _play(rank: int) -> dict:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_snapshots_and_storage_are_shards_after_an_evaluation_left_the_root_gathered():
-    out = _on_two_ranks(_play)
+    out = on_two_ranks(_play)
     # the situation that broke the 300M game under fsdp: after a forward without backward the
     # root's parameters are full tensors, not shards
     assert out[0]["root_gathered"] and out[1]["root_gathered"]
@@ -123,7 +104,7 @@ def _copy(rank: int) -> dict:
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_a_sharded_copy_holds_only_shards_and_keeps_the_weights_it_was_taken_with():
-    out = _on_two_ranks(_copy)
+    out = on_two_ranks(_copy)
     for o in out.values():
         assert o["sharded"]  # the same modules sharded: a later Trainer keeps it as it is
         assert o["stored"] == o["model_stored"] < 0.6 * FULL_BYTES  # shards only, as the model's
@@ -170,7 +151,7 @@ def _partitioned_copy(rank: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_a_partitioned_copy_holds_only_its_partitions_and_the_weights_it_was_taken_with():
-    out = _on_two_ranks(_partitioned_copy)
+    out = on_two_ranks(_partitioned_copy)
     for o in out.values():
         assert o["partitioned"] and o["stored"] < 0.6 * FULL_BYTES  # its partitions only
         assert o["same_out"] and o["scale"] == 3.0
