@@ -223,14 +223,13 @@ def generation(results: list[dict]) -> str:
     for (engine, n_ranks, beside, layers, weights, own), pairs in groups.items():
         v, g = [x for x, _ in pairs], statistics.median(y for _, y in pairs)
         m = statistics.median(v)
-        auto = base.get(("auto", n_ranks * beside, layers))
         vs = [base.get((e, n_ranks * beside, layers)) for e in ("auto", "ddp")]
         side = f" x {beside} side by side" if beside > 1 else ""
         lines.append(
             f"| {engine} ({n_ranks}){side} {own} | {layers} | {weights} | {len(v)} "
             f"| {m:,.1f} [{min(v):,.1f}-{max(v):,.1f}] | "
             + " | ".join(f"{ref / m:.2f}x" if ref else "-" for ref in vs)
-            + f" | {g:,.1f} | {f'{auto / g:.2f}x' if auto else '-'} |"
+            + f" | {g:,.1f} | {f'{vs[0] / g:.2f}x' if vs[0] else '-'} |"
         )
     return "\n".join(lines)
 
