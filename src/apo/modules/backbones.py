@@ -248,9 +248,14 @@ def build_player(
 def enable_activation_checkpointing(model: torch.nn.Module) -> None:
     """Recompute each decoder layer's activations in the backward instead of keeping them
     (`<player>.activation_checkpointing`); non-reentrant, which recomputes correctly when only
-    adapters (LoRA) or the head train."""
+    adapters (LoRA) or the head train. The last layer is not recomputed: its backward comes
+    right after the forward's end, when its activations would be rebuilt at once, so keeping them
+    costs no memory at the peak and recomputing them is pure work."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 names it so
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", None) is True]
+    if layers:
+        layers[-1].gradient_checkpointing = False

@@ -186,8 +186,9 @@ def per_token_logps(
     if split is None:
         return _full_token_logps(model, input_ids, attention_mask, loss_mask, entropy)
     decoder, head = split
-    hidden = hidden_states(decoder, input_ids, attention_mask, group)
     m = loss_mask[:, 1:].bool()
+    keep = torch.cat([m, torch.zeros_like(m[:, :1])], 1)  # position t predicts token t + 1
+    hidden = hidden_states(decoder, input_ids, attention_mask, group, keep)
     rows, cols = m.nonzero(as_tuple=True)
     # position t predicts token t + 1: the hidden states before each response token
     h = hidden[rows, cols]

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from apo.modules.last_layer import last_layer_at
+
 #: attention implementations that take a 4D mask: bool (True = attend) or additive
 _BOOL_MASK, _ADDITIVE_MASK = {"sdpa", "flex_attention"}, {"eager"}
 #: pack when its estimated cost is below this share of the plain rows' cost
@@ -172,11 +174,17 @@ def plan(cfg, ids: torch.Tensor, att: torch.Tensor) -> Packing | None:
 
 
 def hidden_states(
-    decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, group: int = 1
+    decoder: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    group: int = 1,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The decoder's last hidden states `[N, T, h]` of right-padded rows `[N, T]`, whose rows come
     in items of `group` consecutive rows sharing their prompt: packed where that is cheaper
-    (and the attention takes a custom mask), else as they are."""
+    (and the attention takes a custom mask), else as they are. With `keep [N, T]`, only the
+    positions it marks are read: the last layer may leave the others zero
+    (`apo.modules.last_layer`)."""
     N, T = input_ids.shape
     kind = _mask_kind(decoder)
     if N % group == 0 and kind is not None:
@@ -189,6 +197,18 @@ def hidden_states(
                 mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                     ~mask, torch.finfo(dtype).min
                 )
-            out = decoder(input_ids=pack.ids, attention_mask=mask, position_ids=pack.positions)
+            packed_keep = None
+            if keep is not None:
+                packed_keep = torch.zeros(pack.ids.numel(), dtype=torch.bool, device=keep.device)
+                packed_keep[pack.where.view(N, T)[keep]] = True
+                packed_keep = packed_keep.view(pack.ids.shape)
+            with last_layer_at(decoder, packed_keep):
+                out = decoder(
+                    input_ids=pack.ids,
+                    attention_mask=mask,
+                    position_ids=pack.positions,
+                    use_cache=False,
+                )
             return pack.unpack(out[0])
-    return decoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+    with last_layer_at(decoder, keep):
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]

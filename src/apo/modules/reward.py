@@ -89,21 +89,23 @@ class RewardModule(L.LightningModule):
         attention_mask: torch.Tensor,
         group: int = 1,
     ) -> torch.Tensor:
-        hidden = hidden_states(model.base_model, input_ids, attention_mask, group)
-        values = model.score(hidden).squeeze(-1).float()
         m = attention_mask.bool()
-        if self.pooling in ("last", "eos"):
-            pos = m.long().sum(-1).clamp(min=1) - 1
-            if self.pooling == "eos":
-                # first eos that is not position 0 (a bos may share the id); else the last token
-                is_eos = (input_ids == self.eos_token_id) & m
-                is_eos[:, 0] = False
-                first = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), pos)
-                pos = first
-            return values.gather(-1, pos[:, None]).squeeze(-1)
-        if self.pooling == "average":
-            return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
-        return values.masked_fill(~m, torch.finfo(values.dtype).min).amax(-1)
+        if self.pooling not in ("last", "eos"):
+            hidden = hidden_states(model.base_model, input_ids, attention_mask, group)
+            values = model.score(hidden).squeeze(-1).float()
+            if self.pooling == "average":
+                return (values * m).sum(-1) / m.sum(-1).clamp(min=1)
+            return values.masked_fill(~m, torch.finfo(values.dtype).min).amax(-1)
+        pos = m.long().sum(-1).clamp(min=1) - 1
+        if self.pooling == "eos":
+            # first eos that is not position 0 (a bos may share the id); else the last token
+            is_eos = (input_ids == self.eos_token_id) & m
+            is_eos[:, 0] = False
+            pos = torch.where(is_eos.any(-1), is_eos.float().argmax(-1), pos)
+        rows = torch.arange(len(pos), device=pos.device)
+        keep = torch.zeros_like(m).index_put((rows, pos), torch.tensor(True, device=m.device))
+        hidden = hidden_states(model.base_model, input_ids, attention_mask, group, keep)
+        return model.score(hidden[rows, pos]).squeeze(-1).float()
 
     def configure_model(self) -> None:
         shard(self, self.shard_roots())
