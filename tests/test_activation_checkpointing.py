@@ -37,7 +37,7 @@ def test_checkpointing_gives_the_same_loss_and_gradients(kind):
         runs = {0: 0, len(layers) - 1: 0}
         for i in runs:  # counted in `forward`: the recomputation runs no module hooks
             mlp, run = layers[i].mlp, layers[i].mlp.forward
-            mlp.forward = lambda *a, i=i, run=run: (runs.update({i: runs[i] + 1}), run(*a))[1]
+            mlp.forward = lambda *a, i=i, run=run, n=runs: (n.update({i: n[i] + 1}), run(*a))[1]
 
         def pack(t: torch.Tensor, kept: list[int] = kept) -> torch.Tensor:
             kept[0] += 1
