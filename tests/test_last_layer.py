@@ -90,6 +90,18 @@ def test_the_layer_is_restored_and_other_models_run_as_they_are():
     with last_layer_at(dec, keep):
         assert "forward" in vars(last)
     assert "forward" not in vars(last)  # the class's forward again
+
+    class Wrapper(torch.nn.Module):  # as FSDP1 holds a layer: its parts are not its own
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    dec.layers[-1] = Wrapper(last)
+    with last_layer_at(dec, keep):
+        assert "forward" not in vars(dec.layers[-1]) and "forward" not in vars(last)
     sliding = MistralConfig(**CFG, sliding_window=4)
     sliding._attn_implementation = "sdpa"
     torch.manual_seed(0)

@@ -31,6 +31,9 @@ from torch import nn
 
 from apo.modules.shared_prefix import supports
 
+#: the decoder layer's own parts this module calls
+_PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
+
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of `x [R, H, Q, D]` with `cos, sin [R, Q, D]` (the llama convention)."""
@@ -105,10 +108,10 @@ def last_layer_at(decoder: nn.Module, keep: torch.Tensor | None) -> Iterator[Non
     (the rows the decoder is called with) is True; as it is where `keep` is None or the model
     is not of the llama family."""
     layers = getattr(decoder, "layers", None)
-    if keep is None or not layers or not supports(decoder):
-        yield
+    last = layers[-1] if layers else None
+    if keep is None or last is None or not supports(decoder) or not _PARTS <= set(last._modules):
+        yield  # (a wrapper around the layer, e.g. FSDP1's, would not gather for its parts)
         return
-    last = layers[-1]
     last.forward = partial(_forward_at, last, keep)
     try:
         yield
