@@ -110,3 +110,16 @@ def test_the_layer_is_restored_and_other_models_run_as_they_are():
         assert "forward" not in vars(dec.layers[-1])  # a sliding window: left as it is
         out = dec(input_ids=ids, attention_mask=att)[0]
     assert bool((out[att.bool()] != 0).all(-1).all())  # every position computed
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_kept_positions_under_bf16_autocast(monkeypatch, attn):
+    monkeypatch.setattr(packing, "GAIN", 1e9)
+    dec = _decoder("llama", attn)
+    ids, att = _rows()
+    keep = _keep(att)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = hidden_states(dec, ids, att, group=3)
+        kept = hidden_states(dec, ids, att, group=3, keep=keep)
+    assert kept.dtype == full.dtype
+    torch.testing.assert_close(kept[keep].float(), full[keep].float(), atol=0.05, rtol=0.02)

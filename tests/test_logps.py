@@ -143,3 +143,25 @@ def test_many_response_tokens_are_chunked_within_the_logit_budget(monkeypatch):
         ours = sequence_logps(model, ids, att, loss, entropy=True)
     for a, b in zip(ours, full):
         assert torch.allclose(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_the_decoder_never_runs_a_rows_last_token(monkeypatch):
+    """A row's last token predicts nothing: packed, the decoder is not given it, and the
+    log-probs (grouped into items or not) are those of the full computation."""
+    from apo.modules import packing
+
+    monkeypatch.setattr(packing, "GAIN", 1e9)
+    model = _llama(15)
+    ids, att, loss = _batch(15)
+    fed = []
+    hook = model.get_decoder().embed_tokens.register_forward_hook(
+        lambda m, i, o: fed.append(i[0].numel() - int((i[0] == 0).sum()))
+    )
+    ids = ids.clamp(min=1).masked_fill(att == 0, 0)  # id 0 only for padding
+    ref = _full_logps(model, ids, att, loss, False)
+    fed.clear()
+    out = sequence_logps(model, ids, att, loss)
+    hook.remove()
+    assert fed == [int(att.sum()) - len(att)]  # every token but each row's last
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

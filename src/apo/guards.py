@@ -80,7 +80,8 @@ class FiniteGuard(L.Callback):
         grads = [_local(p.grad) for p in pl_module.parameters() if p.grad is not None]
         if not grads:  # DeepSpeed keeps its own gradients; the loss check still guards it
             return
-        sq = torch.stack([g.detach().float().pow(2).sum() for g in grads]).sum()
+        norms = torch._foreach_norm([g.detach() for g in grads], 2, dtype=torch.float32)
+        sq = torch.stack(norms).square().sum()
         if sharding(pl_module) is not None:
             sq = trainer.strategy.reduce(sq, reduce_op="sum")
         norm = float(sq.sqrt())

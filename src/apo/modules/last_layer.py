@@ -93,6 +93,8 @@ def _forward_at(
         mask = torch.arange(L, device=keep.device)[None, None] <= idx[..., None]
     else:
         mask = attention_mask.expand(R, -1, L, L)[:, 0][rows, idx]  # [R, Q, L]
+        if mask.is_floating_point():  # additive (eager); SDPA takes it in the queries' dtype
+            mask = mask.to(q.dtype)
     o = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask[:, None], scale=attn.scaling, enable_gqa=k.shape[1] != q.shape[1]
     )
@@ -109,7 +111,7 @@ def last_layer_at(decoder: nn.Module, keep: torch.Tensor | None) -> Iterator[Non
     is not of the llama family."""
     layers = getattr(decoder, "layers", None)
     last = layers[-1] if layers else None
-    if keep is None or last is None or not supports(decoder) or not _PARTS <= set(last._modules):
+    if keep is None or last is None or not supports(decoder) or not set(last._modules) >= _PARTS:
         yield  # (a wrapper around the layer, e.g. FSDP1's, would not gather for its parts)
         return
     last.forward = partial(_forward_at, last, keep)
