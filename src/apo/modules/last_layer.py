@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.llama.modeling_llama import rotate_half
 
 from apo.modules.shared_prefix import supports
 
@@ -36,11 +37,9 @@ _PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of `x [R, H, Q, D]` with `cos, sin [R, Q, D]` (the llama convention)."""
-    cos, sin = cos[:, None], sin[:, None]
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), -1)
-    return x * cos + rotated * sin
+    """Rotary embedding of `x [R, H, Q, D]` with `cos, sin [R, Q, D]` (the llama family's:
+    queries and keys here take it at different positions, so not `apply_rotary_pos_emb`)."""
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
 
 
 def _heads(x: torch.Tensor, d: int, norm: nn.Module | None) -> torch.Tensor:

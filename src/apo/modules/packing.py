@@ -132,6 +132,13 @@ class Packing:
         self.mask = ((causal[None] & same_item & sees) | diagonal)[:, None]  # [R, 1, L, L]
         self.shape = (B, k, T)
 
+    def marks(self, keep: torch.Tensor) -> torch.Tensor:
+        """Positions marked in the rows' `[B * k, T]` -> the same marks in the packed `[R, L]`."""
+        B, k, T = self.shape
+        packed = torch.zeros(self.ids.numel(), dtype=torch.bool, device=keep.device)
+        packed[self.where.view(B * k, T)[keep]] = True
+        return packed.view(self.ids.shape)
+
     def unpack(self, hidden: torch.Tensor) -> torch.Tensor:
         """Packed hidden states `[R, L, h]` -> the rows' `[B * k, T, h]`."""
         B, k, T = self.shape
@@ -197,12 +204,7 @@ def hidden_states(
                 mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                     ~mask, torch.finfo(dtype).min
                 )
-            packed_keep = None
-            if keep is not None:
-                packed_keep = torch.zeros(pack.ids.numel(), dtype=torch.bool, device=keep.device)
-                packed_keep[pack.where.view(N, T)[keep]] = True
-                packed_keep = packed_keep.view(pack.ids.shape)
-            with last_layer_at(decoder, packed_keep):
+            with last_layer_at(decoder, None if keep is None else pack.marks(keep)):
                 out = decoder(
                     input_ids=pack.ids,
                     attention_mask=mask,
