@@ -12,9 +12,8 @@ out again as `[rows, T, h]`, so heads and losses downstream do not change. Prefi
 padding-free packing of several sequences per row that SFT trainers use, for every listwise
 batch of both players (a warm-start demonstration is an item of one sequence).
 
-The projections and MLPs then see the distinct tokens only (in the llama family, not even the
-rows' padding: `apo.modules.layers_at`), while attention grows with the square of the packed
-rows' length. `hidden_states` estimates both costs from the model's shape
+The projections and MLPs then see the distinct tokens only, while attention grows with the
+square of the packed rows' length. `hidden_states` estimates both costs from the model's shape
 for rows of 1, 2, 4 and 8 times the longest item and packs with the cheapest, when that is
 cheaper than the plain rows; a model whose attention cannot take a custom mask (FlashAttention)
 runs the plain rows.
@@ -25,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from apo.modules.layers_at import layers_at
+from apo.modules.last_layer import last_layer_at
 
 #: attention implementations that take a 4D mask: bool (True = attend) or additive
 _BOOL_MASK, _ADDITIVE_MASK = {"sdpa", "flex_attention"}, {"eager"}
@@ -123,7 +122,6 @@ class Packing:
         seq[self.where[own_tok]] = torch.arange(k, device=dev)[None, :, None].expand(B, k, T)[
             own_tok
         ]
-        self.tokens = (item >= 0).nonzero().squeeze(1)  # the real positions of the flat rows
         self.ids, self.positions = self.ids.view(n_rows, L), self.positions.view(n_rows, L)
         item, seq = item.view(n_rows, L), seq.view(n_rows, L)
         i = torch.arange(L, device=dev)
@@ -193,7 +191,7 @@ def hidden_states(
     in items of `group` consecutive rows sharing their prompt: packed where that is cheaper
     (and the attention takes a custom mask), else as they are. With `keep [N, T]`, only the
     positions it marks are read: the last layer may leave the others zero
-    (`apo.modules.layers_at`)."""
+    (`apo.modules.last_layer`)."""
     N, T = input_ids.shape
     kind = _mask_kind(decoder)
     if N % group == 0 and kind is not None:
@@ -206,7 +204,7 @@ def hidden_states(
                 mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
                     ~mask, torch.finfo(dtype).min
                 )
-            with layers_at(decoder, pack.tokens, None if keep is None else pack.marks(keep)):
+            with last_layer_at(decoder, None if keep is None else pack.marks(keep)):
                 out = decoder(
                     input_ids=pack.ids,
                     attention_mask=mask,
@@ -214,5 +212,5 @@ def hidden_states(
                     use_cache=False,
                 )
             return pack.unpack(out[0])
-    with layers_at(decoder, None, keep):
+    with last_layer_at(decoder, keep):
         return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)[0]

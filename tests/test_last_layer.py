@@ -1,7 +1,6 @@
-"""Decoder layers run at the packed rows' real tokens only, the last one only at the positions
-read, give transformers' own hidden states and gradients there, for each model type they
-switch, plain or packed, through both attention implementations; other models and layers run
-as they are."""
+"""The last decoder layer run only at the positions read gives the full computation's hidden
+states and gradients there, for each model type it switches, plain or packed, through both
+attention implementations; other models and layers run as they are."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from transformers import (
 )
 
 from apo.modules import packing
-from apo.modules.layers_at import layers_at
+from apo.modules.last_layer import last_layer_at
 from apo.modules.packing import hidden_states
 from tests.test_packing import CFG, _rows
 
@@ -46,12 +45,6 @@ def _keep(att: torch.Tensor) -> torch.Tensor:
     return keep & att.bool()
 
 
-def _items(ids: torch.Tensor, att: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each item's shared prefix and its rows' attention masks `[B, group, T]`."""
-    a = att.view(-1, group, att.shape[-1])
-    return a, packing.common_prefix(ids.view(a.shape), a)
-
-
 def _grads(dec: torch.nn.Module, out: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     params = [p for p in dec.parameters() if p.requires_grad]
@@ -68,37 +61,23 @@ def test_kept_positions_equal_the_full_layer(monkeypatch, kind, attn, packed):
     dec = _decoder(kind, attn)
     ids, att = _rows()
     keep = _keep(att)
-    full = dec(input_ids=ids, attention_mask=att, use_cache=False)[0]  # transformers' own
+    full = hidden_states(dec, ids, att, group=3 if packed else 1)
     kept = hidden_states(dec, ids, att, group=3 if packed else 1, keep=keep)
     torch.testing.assert_close(kept[keep], full[keep], atol=1e-5, rtol=0)
     # with one position read a sequence, the last layer's MLP ran on fewer positions than all
     last = torch.zeros_like(keep)
     last[torch.arange(len(att)), att.sum(-1).clamp(min=1) - 1] = True
-    last &= att.bool()  # (not an empty row's padding)
-    seen = {}  # tokens each part ran on
-    first, layer = dec.layers[0], dec.layers[-1]
+    seen = {}
+    layer = dec.layers[-1]
     hooks = [
-        mod.register_forward_hook(
-            lambda m, i, o, name=name: seen.update({name: o.shape[:-1].numel()})
-        )
-        for name, mod in (
-            ("norm", layer.input_layernorm),
-            ("mlp", layer.mlp),
-            ("first", first.mlp),
-            ("embed", dec.embed_tokens),
-        )
+        mod.register_forward_hook(lambda m, i, o, name=name: seen.update({name: i[0].shape}))
+        for name, mod in (("norm", layer.input_layernorm), ("mlp", layer.mlp))
     ]
     one = hidden_states(dec, ids, att, group=3 if packed else 1, keep=last)
     for h in hooks:
         h.remove()
     torch.testing.assert_close(one[last], full[last], atol=1e-5, rtol=0)
-    assert seen["mlp"] < seen["norm"] / 2
-    if packed is None:  # plain rows: the layers before the last at every position
-        assert seen["first"] == seen["embed"] == ids.numel()
-    else:  # packed: every layer at the real tokens only, the rows' padding left out
-        distinct = sum(packing.item_lengths(*_items(ids, att, 3 if packed else 1)))
-        assert seen["first"] == seen["norm"] == distinct <= seen["embed"]
-        assert packed or distinct < seen["embed"]  # (these rows' first fit leaves padding)
+    assert seen["mlp"][0] == seen["norm"][0] and seen["mlp"][1] < seen["norm"][1] / 2
     for a, b in zip(_grads(dec, kept, keep), _grads(dec, full, keep)):
         if b is None:
             assert a is None or float(a.abs().max()) == 0.0
@@ -111,12 +90,9 @@ def test_the_layer_is_restored_and_other_models_run_as_they_are():
     ids, att = _rows()
     keep = _keep(att)
     last = dec.layers[-1]
-    with layers_at(dec, None, keep):  # rows not packed: the last layer only
-        assert "forward" in vars(last) and "forward" not in vars(dec.layers[0])
+    with last_layer_at(dec, keep):
+        assert "forward" in vars(last)
     assert "forward" not in vars(last)  # the class's forward again
-    with layers_at(dec, torch.arange(5), None):  # packed: every layer
-        assert all("forward" in vars(layer) for layer in dec.layers)
-    assert not any("forward" in vars(layer) for layer in dec.layers)
 
     class Wrapper(torch.nn.Module):  # as FSDP1 holds a layer: its parts are not its own
         def __init__(self, inner: torch.nn.Module) -> None:
@@ -127,13 +103,13 @@ def test_the_layer_is_restored_and_other_models_run_as_they_are():
             return self.inner(*args, **kwargs)
 
     dec.layers[-1] = Wrapper(last)
-    with layers_at(dec, None, keep):
+    with last_layer_at(dec, keep):
         assert "forward" not in vars(dec.layers[-1]) and "forward" not in vars(last)
     sliding = MistralConfig(**CFG, sliding_window=4)
     sliding._attn_implementation = "sdpa"
     torch.manual_seed(0)
     dec = AutoModelForCausalLM.from_config(sliding).get_decoder()
-    with layers_at(dec, None, keep):
+    with last_layer_at(dec, keep):
         assert "forward" not in vars(dec.layers[-1])  # a sliding window: left as it is
         out = dec(input_ids=ids, attention_mask=att)[0]
     assert bool((out[att.bool()] != 0).all(-1).all())  # every position computed
@@ -146,7 +122,7 @@ def test_kept_positions_under_bf16_autocast(monkeypatch, attn):
     ids, att = _rows()
     keep = _keep(att)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        full = dec(input_ids=ids, attention_mask=att, use_cache=False)[0]
+        full = hidden_states(dec, ids, att, group=3)
         kept = hidden_states(dec, ids, att, group=3, keep=keep)
     assert kept.dtype == full.dtype
     torch.testing.assert_close(kept[keep].float(), full[keep].float(), atol=0.05, rtol=0.02)
