@@ -8,8 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from apo.modules import packing
 from apo.modules.backbones import build_player
 from apo.modules.logps import sequence_logps
+from apo.modules.packing import hidden_states
 from apo.tokenizer import build_char_tokenizer
 from tests.conftest import ROOT
 
@@ -24,11 +26,19 @@ def _player(kind: str, checkpointing: bool):
     return model.train()
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("kind", ["policy", "rm"])
-def test_checkpointing_gives_the_same_loss_and_gradients(kind):
+def test_checkpointing_gives_the_same_loss_and_gradients(monkeypatch, kind, packed):
+    """packed: pairs of rows sharing a prompt, packed (`apo.modules.packing`), the last layer
+    switched for one that computes only where read (`apo.modules.last_layer`): the layers
+    before it must still be recomputed."""
+    monkeypatch.setattr(packing, "GAIN", 1e9 if packed else 0.9)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 14, (4, 20), generator=g)
     att = torch.ones_like(ids)
+    if packed:
+        ids[1::2, :8] = ids[::2, :8]  # each pair's prompt
+        att[1, 15:] = 0  # some padding in the packed rows
     out = {}
     for ckpt in (False, True):
         model = _player(kind, ckpt)
@@ -45,7 +55,9 @@ def test_checkpointing_gives_the_same_loss_and_gradients(kind):
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             if kind == "policy":
-                loss = -sequence_logps(model, ids, att, att)[0].mean()
+                loss = -sequence_logps(model, ids, att, att, group=2 if packed else 1)[0].mean()
+            elif packed:
+                loss = hidden_states(model.base_model, ids, att, group=2).square().mean()
             else:
                 loss = model(input_ids=ids, attention_mask=att).logits.square().mean()
         loss.backward()

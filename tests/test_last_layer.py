@@ -1,5 +1,5 @@
-"""The last decoder layer run only at the positions read gives the full computation's hidden
-states and gradients there, for each model type it switches, plain or packed, through both
+"""The last decoder layer run only at the positions read gives transformers' own hidden states
+and gradients there, for each model type it switches, plain or packed, through both
 attention implementations; other models and layers run as they are."""
 
 from __future__ import annotations
@@ -61,12 +61,13 @@ def test_kept_positions_equal_the_full_layer(monkeypatch, kind, attn, packed):
     dec = _decoder(kind, attn)
     ids, att = _rows()
     keep = _keep(att)
-    full = hidden_states(dec, ids, att, group=3 if packed else 1)
+    full = dec(input_ids=ids, attention_mask=att, use_cache=False)[0]  # transformers' own
     kept = hidden_states(dec, ids, att, group=3 if packed else 1, keep=keep)
     torch.testing.assert_close(kept[keep], full[keep], atol=1e-5, rtol=0)
     # with one position read a sequence, the last layer's MLP ran on fewer positions than all
     last = torch.zeros_like(keep)
     last[torch.arange(len(att)), att.sum(-1).clamp(min=1) - 1] = True
+    last &= att.bool()  # (not an empty row's padding)
     seen = {}
     layer = dec.layers[-1]
     hooks = [
@@ -122,7 +123,7 @@ def test_kept_positions_under_bf16_autocast(monkeypatch, attn):
     ids, att = _rows()
     keep = _keep(att)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        full = hidden_states(dec, ids, att, group=3)
+        full = dec(input_ids=ids, attention_mask=att, use_cache=False)[0]
         kept = hidden_states(dec, ids, att, group=3, keep=keep)
     assert kept.dtype == full.dtype
     torch.testing.assert_close(kept[keep].float(), full[keep].float(), atol=0.05, rtol=0.02)
