@@ -128,6 +128,21 @@ def test_rows_run_as_rows_where_packing_costs_more_or_the_attention_takes_no_mas
     assert packing._mask_kind(dec) is None
 
 
+def test_rows_between_one_and_two_longest_items_where_they_leave_less_padding():
+    """Items of 10, 6, 6, 6 and 6 tokens: rows of 10 hold one item each (50 slots), rows of 20
+    two or three (36 slots, rows of 18); rows of 12 hold them in 36 slots with shorter rows, so
+    less attention: the plan takes them."""
+    lengths = [10, 6, 6, 6, 6]
+    ids = torch.zeros(len(lengths), 1, 10, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for b, n in enumerate(lengths):
+        ids[b, 0, :n], att[b, 0, :n] = torch.arange(3, 3 + n), 1
+    assert packing.rows_of(lengths, 10)[2:] == (5, 10)
+    assert packing.rows_of(lengths, 20)[2:] == (2, 18)
+    pack = packing.plan(LlamaConfig(**CFG), ids, att)
+    assert pack is not None and tuple(pack.ids.shape) == (3, 12)
+
+
 @pytest.mark.parametrize("group", [1, 3])
 def test_items_sharing_a_row_see_only_themselves(group):
     """Several items (or single sequences, as the warm start's demonstrations) in one row: each
