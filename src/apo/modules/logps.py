@@ -189,11 +189,11 @@ def per_token_logps(
     m = loss_mask[:, 1:].bool()
     keep = torch.cat([m, torch.zeros_like(m[:, :1])], 1)  # position t predicts token t + 1
     # a row's last token predicts nothing: no layer needs it (packed rows then skip it)
-    T = attention_mask.shape[-1]
+    # (an empty row's "last" is its final position, which is padding already)
+    N, T = attention_mask.shape
     last = T - 1 - attention_mask.flip(-1).argmax(-1)
-    rows = attention_mask.any(-1).nonzero(as_tuple=True)[0]
     inputs = attention_mask.clone()
-    inputs[rows, last[rows]] = 0
+    inputs[torch.arange(N, device=inputs.device), last] = 0
     hidden = hidden_states(decoder, input_ids, inputs, group, keep)
     rows, cols = m.nonzero(as_tuple=True)
     # position t predicts token t + 1: the hidden states before each response token

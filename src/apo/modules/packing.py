@@ -172,11 +172,11 @@ def plan(cfg, ids: torch.Tensor, att: torch.Tensor) -> Packing | None:
     item_length = item_lengths(att, prefix)
     longest = max(max(item_length), 1)
     best, best_cost = None, GAIN * B * k * T * (per_token + T * per_pair)
-    for m in ROW_SIZES:
-        _, _, R, L = rows_of(item_length, int(m * longest))
+    for capacity in sorted({int(m * longest) for m in ROW_SIZES}):  # (short items: repeats)
+        _, _, R, L = rows_of(item_length, capacity)
         cost = R * L * (per_token + L * per_pair)
         if cost < best_cost:
-            best, best_cost = int(m * longest), cost
+            best, best_cost = capacity, cost
         if R == 1:
             break
     return None if best is None else Packing(ids, att, best, prefix)
