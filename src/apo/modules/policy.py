@@ -12,6 +12,7 @@ from torch import nn
 
 from apo.distributed import sharding
 from apo.gathered import GatheredCopies
+from apo.guards import GuardNormClipping
 from apo.losses.objectives import PolicyObjective
 from apo.modules.logps import sequence_logps
 from apo.modules.sampling import SamplingSpec, sample
@@ -45,7 +46,7 @@ def _fit_stats(
     return out
 
 
-class PolicyModule(L.LightningModule):
+class PolicyModule(GuardNormClipping, L.LightningModule):
     """`pi(y | x)` for the APO game, as a LightningModule for one fit or one prediction.
 
     The weights live in `model` and `ref_model` (the frozen `pi_ref`), which outlive the module:

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from apo.guards import GuardNormClipping
 from apo.losses.rm_objective import RMObjective
 from apo.modules.ensemble import bag_mask, members, spread
 from apo.modules.packing import hidden_states
@@ -18,7 +19,7 @@ from apo.strategies import build_optimizer, shard
 POOLINGS = ("last", "eos", "average", "max")
 
 
-class RewardModule(L.LightningModule):
+class RewardModule(GuardNormClipping, L.LightningModule):
     """`r(x, y)` for the APO game, as a LightningModule for one fit or one prediction.
 
     The weights live in `model`, which outlives the module: the game builds a RewardModule around
