@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 import lightning as L
@@ -70,6 +71,9 @@ class GameDataModule(L.LightningDataModule):
         self.batch_size = dict(batch_size)
         self.seed, self.num_workers = seed, num_workers
         self._prompt_ids: dict[tuple[str, str], list[int]] = {}
+        #: the human pairs' responses, encoded once (every RM fit reads them again), as 4-byte
+        #: arrays: a list of Python ints would take ~8x the memory for the game's whole run
+        self._response_ids: dict[tuple[str, str], array] = {}
 
     # ---- encoding ---------------------------------------------------------------------------
     def prompt_ids(self, prompt: str, player: str = "policy") -> list[int]:
@@ -78,6 +82,16 @@ class GameDataModule(L.LightningDataModule):
             messages = self.data.messages.get(prompt)
             self._prompt_ids[key] = self.encoders[player].prompt(prompt, messages)
         return self._prompt_ids[key]
+
+    def response_ids(self, text: str, player: str = "policy", keep: bool = False) -> list[int]:
+        """A response's token ids (its end-of-sequence token included); `keep`: encoded once
+        for the game (the fixed data's texts)."""
+        if not keep:
+            return self.encoders[player].response(text)
+        key = (player, text)
+        if key not in self._response_ids:
+            self._response_ids[key] = array("i", self.encoders[player].response(text))
+        return self._response_ids[key].tolist()
 
     def text_item(
         self,
@@ -88,10 +102,11 @@ class GameDataModule(L.LightningDataModule):
         player: str = "policy",
         margin: float = 0.0,
         smoothing: float = 0.0,
+        keep: bool = False,
     ) -> dict:
         enc = self.encoders[player]
         p = self.prompt_ids(prompt, player)
-        seqs = [enc.sequence(p, enc.response(r)) for r in responses]
+        seqs = [enc.sequence(p, self.response_ids(r, player, keep)) for r in responses]
         item = _item(index, p, seqs, scores, enc)
         if margin:
             item["margin"] = margin
@@ -119,7 +134,9 @@ class GameDataModule(L.LightningDataModule):
 
     def human_items(self, items: list[ListwiseItem], player: str = "policy") -> list[dict]:
         return [
-            self.text_item(i, it.prompt, it.responses, it.scores, player, it.margin, it.smoothing)
+            self.text_item(
+                i, it.prompt, it.responses, it.scores, player, it.margin, it.smoothing, keep=True
+            )
             for i, it in enumerate(items)
         ]
 
