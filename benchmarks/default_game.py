@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from environment import describe, environment
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -79,7 +81,8 @@ def main() -> None:
             )
     load = os.getloadavg()
     print(
-        f"\n{a.runs} runs per variant, interleaved; load average now {load[0]:.2f} / {load[1]:.2f}\n"
+        f"\n{a.runs} runs per variant, interleaved; load average now {load[0]:.2f} / {load[1]:.2f}"
+        f"; {describe(environment())}\n"
     )
     print("| variant | wall s | CPU s | warm start s | a round s | gold gain, round 0 -> last |")
     print("|---|---|---|---|---|---|")

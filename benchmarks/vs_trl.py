@@ -41,6 +41,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from environment import describe, environment
 
 CELLS = {
     # ~125k and ~4.1M parameters: the sizes of the measurements
@@ -574,7 +577,7 @@ def main() -> None:
         return
     precisions = {"fp32": "32-true", "bf16": "bf16-mixed"}
     cells = [c.split("-") for c in a.cells.split(",")]
-    results: dict[str, dict[str, list[dict]]] = {}
+    results: dict[str, Any] = {"_environment": environment()}
     load0 = os.getloadavg()
     for measure in a.measures.split(","):
         for size, prec in cells:
@@ -598,7 +601,8 @@ def main() -> None:
         f"({N_PAIRS // BATCH * EPOCHS} steps), activation checkpointing {a.checkpointing}; "
         "load average "
         f"{load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at the start, "
-        f"{load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f} at the end\n"
+        f"{load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f} at the end; "
+        f"{describe(results['_environment'])}\n"
     )
     print(table(results))
 
@@ -622,7 +626,7 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
     ]
     fmt = lambda s: f"{s[0]:,.1f} ({s[1]:,.1f}-{s[2]:,.1f})"  # noqa: E731
     for key, sides in results.items():
-        if not sides["trl"] or not sides["apo"]:
+        if key.startswith("_") or not sides["trl"] or not sides["apo"]:  # `_environment`
             continue
         measure, cell, prec = key.split()
         t, h = (stats([x["rate"] for x in sides[s]]) for s in ("trl", "apo"))
