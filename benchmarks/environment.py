@@ -9,6 +9,8 @@ import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+from apo.allocator import thp_mode
+
 PACKAGES = (
     "torch",
     "transformers",
@@ -37,14 +39,6 @@ def _cpu() -> tuple[str, list[str]]:
     return fields.get("model name", "unknown"), [f for f in FLAGS if f in flags]
 
 
-def _huge_pages() -> str:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return f.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        return "unknown"
-
-
 def environment() -> dict:
     """Package versions (None: not installed), CPU model, flags and cores, huge-page mode."""
     packages = {}
@@ -60,7 +54,7 @@ def environment() -> dict:
         "cpu": model,
         "cpu_flags": flags,
         "cores": os.cpu_count(),
-        "transparent_hugepages": _huge_pages(),
+        "transparent_hugepages": thp_mode() or "unknown",
     }
 
 

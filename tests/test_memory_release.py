@@ -12,6 +12,7 @@ from apo.allocator import (
     libc_function,
     malloc_trim,
     return_freed_memory,
+    thp_mode,
 )
 from apo.monitors import peak_rss_mb, reset_peak_rss
 
@@ -101,16 +102,8 @@ with open("/proc/self/smaps_rollup") as f:
 """
 
 
-def _thp_mode() -> str | None:
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return f.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        return None
-
-
 @pytest.mark.skipif(
-    _thp_mode() not in ("madvise", "always") or not os.path.exists("/proc/self/smaps_rollup"),
+    thp_mode() not in ("madvise", "always") or not os.path.exists("/proc/self/smaps_rollup"),
     reason="no transparent huge pages here (Linux with THP in madvise or always mode)",
 )
 @pytest.mark.parametrize(("switch", "env"), [("on", None), ("off", None), ("on", "0")])
@@ -134,5 +127,5 @@ def test_hugepages_back_large_tensors_unless_switched_off(switch: str, env: str 
     assert asked == str(on)
     if on:
         assert int(huge_kb) > 100_000, huge_kb  # most of the 200 MB in 2 MiB pages
-    elif _thp_mode() == "madvise":
+    elif thp_mode() == "madvise":
         assert int(huge_kb) == 0, huge_kb  # PyTorch did not ask: 4 KiB pages

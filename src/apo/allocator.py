@@ -21,6 +21,16 @@ def use_hugepages(on: bool) -> bool:
     return os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
 
 
+def thp_mode() -> str | None:
+    """The system's transparent huge page mode (`always`, `madvise`, `never`), None where it
+    cannot be read (not Linux)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return f.read().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return None
+
+
 def return_freed_memory() -> None:
     """Give the memory just freed back to the system where the C library keeps it: glibc holds
     freed heap memory in its arenas, so a process's RSS stays at its high-water mark after a fit
