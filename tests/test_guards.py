@@ -7,9 +7,9 @@ import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from apo.guards import FiniteGuard, GuardNormClipping
+from tests.test_logps import _llama
 
 
 class _LM(L.LightningModule):
@@ -19,16 +19,7 @@ class _LM(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        cfg = LlamaConfig(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-        )
-        self.model = LlamaForCausalLM(cfg)
+        self.model = _llama(64)
 
     def training_step(self, batch, _):
         return self.model(input_ids=batch, labels=batch).loss
