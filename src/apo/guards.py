@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from torch.distributed.tensor import DTensor
 
 from apo.distributed import sharding
@@ -63,6 +64,7 @@ class FiniteGuard(L.Callback):
     def __init__(self, player: str, round_idx: int, step_offset: int, log_prefix: str) -> None:
         self.player, self.round_idx, self.step_offset = player, round_idx, step_offset
         self.log_prefix = log_prefix
+        self.sharded = False  # set when the fit starts: the engine has set the model up
 
     def _where(self, trainer: L.Trainer) -> str:
         fit = "warm-start fit" if self.round_idx == 0 else f"fit of round {self.round_idx}"
@@ -77,7 +79,7 @@ class FiniteGuard(L.Callback):
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
-        self.sharded = sharding(pl_module) is not None  # (the engine has set the model up)
+        self.sharded = sharding(pl_module) is not None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         pl_module._guard_grad_norm = None  # nothing of a fit's steps outlives it
@@ -86,7 +88,7 @@ class FiniteGuard(L.Callback):
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not params:  # DeepSpeed keeps its own gradients; the loss check still guards it
             return
-        if getattr(self, "sharded", False):  # each rank's shards: their squares summed
+        if self.sharded:  # each rank's shards: their squares summed
             grads = [_local(p.grad).detach() for p in params]
             norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
             total = trainer.strategy.reduce(torch.stack(norms).square().sum(), reduce_op="sum")
@@ -116,8 +118,6 @@ class GuardNormClipping:
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        from lightning.pytorch.plugins.precision import MixedPrecision, Precision
-
         stashed, self._guard_grad_norm = getattr(self, "_guard_grad_norm", None), None
         plain = type(self.trainer.precision_plugin) in (Precision, MixedPrecision)
         if (
