@@ -616,8 +616,8 @@ UNITS = {
 }
 
 
-def table(results: dict[str, dict[str, list[dict]]]) -> str:
-    """The Markdown ratio table of `results` (key -> side -> runs)."""
+def table(results: dict[str, Any]) -> str:
+    """The Markdown ratio table of `results` (key -> side -> runs; `_environment` aside)."""
     lines = [
         "| measure | cell | TRL median (min-max) | here median (min-max) | here / TRL "
         "| paired runs: median (min-max) | peak RSS MiB TRL / here "
